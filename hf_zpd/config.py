@@ -1,0 +1,176 @@
+"""`ZPDConfig`: the Trainer's `TrainingArguments` plus the ZPD curriculum's settings."""
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .statistics import COMPOSITE_WEIGHTS, LOSS_ONLY_WEIGHTS
+
+DIFFICULTY_MODES = ("composite", "loss")
+
+
+@dataclass
+class ZPDConfig(TrainingArguments):
+    r"""
+    Configuration for [`ZPDTrainer`]: every [`~transformers.TrainingArguments`] field, plus the fields below. Every
+    field is also a command-line flag through [`~transformers.HfArgumentParser`].
+
+    > Band
+
+    band_lower (`float`, *optional*, defaults to `1.1`):
+        Lower edge of the zone relative to the model's level D: an example is in the zone when
+        `band_lower * D <= difficulty <= band_upper * D`.
+    band_upper (`float`, *optional*, defaults to `1.3`):
+        Upper edge of the zone relative to D.
+    difficulty_mode (`str`, *optional*, defaults to `"composite"`):
+        `"composite"` scores difficulty from the competence `0.4 loss + 0.35 confidence + 0.25 entropy` (weights set
+        by `competence_weights`); `"loss"` uses the loss alone (ablation A1), which makes difficulty the example's
+        perplexity.
+    competence_weights (`list[float]`, *optional*, defaults to `[0.4, 0.35, 0.25]`):
+        The (loss, confidence, entropy) weights of the composite competence; non-negative, summing to 1. Ignored in
+        `"loss"` mode.
+
+    > Selection
+
+    min_zone_fraction (`float`, *optional*, defaults to `0.05`):
+        The smallest zone, as a fraction of the scored pool; never below one global batch. A smaller zone is widened
+        to the examples nearest to the band, and the widening is logged.
+    replay_fraction (`float`, *optional*, defaults to `0.0`):
+        Share of each epoch drawn uniformly from the whole training set, against forgetting. In [0, 1).
+    epoch_fraction (`float`, *optional*, defaults to `1.0`):
+        Every epoch draws `ceil(len(train_dataset) * epoch_fraction)` samples; below 1.0 trades data for compute.
+
+    > Scoring pass
+
+    scoring_pool_size (`int` or `None`, *optional*, defaults to `None`):
+        Score a random pool of this many training examples at each scoring pass instead of the whole set.
+    rescore_every (`int`, *optional*, defaults to `1`):
+        Run the scoring pass every this many epochs; epochs in between re-draw from the latest zone.
+    score_before_training (`bool`, *optional*, defaults to `False`):
+        Score the pool before the first epoch, so that epoch 0 already trains in the zone (useful when fine-tuning a
+        pretrained model). Otherwise epoch 0 draws from the whole set.
+    scoring_batch_size (`int` or `None`, *optional*, defaults to `None`):
+        Per-device batch size of the scoring pass; defaults to `per_device_eval_batch_size`.
+    statistics_chunk_size (`int`, *optional*, defaults to `512`):
+        Supervised positions projected to fp32 at once when computing the per-example statistics. Bounds the extra
+        memory at `statistics_chunk_size x vocab` floats.
+    running_ppl_decay (`float`, *optional*, defaults to `0.9`):
+        Decay of the exponential moving average of the training loss behind `zpd/running_ppl`.
+    """
+
+    band_lower: float = field(
+        default=1.1,
+        metadata={"help": "Lower edge of the zone relative to the model's level D (zone: lower*D <= d_i <= upper*D)."},
+    )
+    band_upper: float = field(default=1.3, metadata={"help": "Upper edge of the zone relative to the model's level D."})
+    difficulty_mode: str = field(
+        default="composite",
+        metadata={
+            "help": "'composite': difficulty from the competence (loss, confidence, entropy); "
+            "'loss': from the loss alone (ablation A1).",
+            "choices": list(DIFFICULTY_MODES),
+        },
+    )
+    competence_weights: list[float] = field(
+        default_factory=lambda: list(COMPOSITE_WEIGHTS),
+        metadata={"help": "Weights (loss, confidence, entropy) of the composite competence; non-negative, sum 1."},
+    )
+    min_zone_fraction: float = field(
+        default=0.05,
+        metadata={
+            "help": "Smallest zone as a fraction of the scored pool, never below one global batch; "
+            "a smaller zone is widened to the nearest examples (logged)."
+        },
+    )
+    replay_fraction: float = field(
+        default=0.0,
+        metadata={"help": "Share of each epoch drawn uniformly from the whole training set, in [0, 1)."},
+    )
+    epoch_fraction: float = field(
+        default=1.0,
+        metadata={"help": "Each epoch draws ceil(len(train_dataset) * epoch_fraction) samples, in (0, 1]."},
+    )
+    scoring_pool_size: int | None = field(
+        default=None,
+        metadata={"help": "Score a random pool of this many training examples instead of the whole set."},
+    )
+    rescore_every: int = field(
+        default=1, metadata={"help": "Run the scoring pass every this many epochs (epochs in between re-draw)."}
+    )
+    score_before_training: bool = field(
+        default=False,
+        metadata={"help": "Score the pool before the first epoch, so that epoch 0 already trains in the zone."},
+    )
+    scoring_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Per-device batch size of the scoring pass (default: per_device_eval_batch_size)."},
+    )
+    statistics_chunk_size: int = field(
+        default=512,
+        metadata={"help": "Supervised positions projected to fp32 at once for the per-example statistics."},
+    )
+    running_ppl_decay: float = field(
+        default=0.9,
+        metadata={"help": "Decay of the moving average of training losses behind zpd/running_ppl, in [0, 1)."},
+    )
+
+    def __post_init__(self):
+        self._validate_zpd_fields()
+        super().__post_init__()
+
+    def _validate_zpd_fields(self) -> None:
+        def fail(name: str, problem: str, fix: str) -> None:
+            raise ValueError(f"ZPDConfig.{name}: {problem}. {fix}")
+
+        if not (math.isfinite(self.band_lower) and self.band_lower > 0):
+            fail("band_lower", f"must be a positive number, got {self.band_lower}", "The default is 1.1.")
+        if not (math.isfinite(self.band_upper) and self.band_upper > self.band_lower):
+            fail(
+                "band_upper",
+                f"must be greater than band_lower={self.band_lower}, got {self.band_upper}",
+                "The defaults are band_lower=1.1, band_upper=1.3.",
+            )
+        if self.difficulty_mode not in DIFFICULTY_MODES:
+            fail("difficulty_mode", f"got {self.difficulty_mode!r}", f"Use one of {DIFFICULTY_MODES}.")
+        weights = list(self.competence_weights)
+        if len(weights) != 3:
+            fail("competence_weights", f"needs 3 numbers (loss, confidence, entropy), got {weights}", "E.g. 0.4 0.35 0.25.")
+        if any(not math.isfinite(w) or w < 0 for w in weights):
+            fail("competence_weights", f"must be non-negative, got {weights}", "E.g. 0.4 0.35 0.25.")
+        if abs(sum(weights) - 1.0) > 1e-6:
+            fail("competence_weights", f"must sum to 1, got {weights} (sum {sum(weights)})", "E.g. 0.4 0.35 0.25.")
+        for name in ("min_zone_fraction", "epoch_fraction"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                fail(name, f"must be in (0, 1], got {value}", "It is a fraction of the training set.")
+        if not 0 <= self.replay_fraction < 1:
+            fail(
+                "replay_fraction",
+                f"must be in [0, 1), got {self.replay_fraction}",
+                "1.0 would draw every epoch uniformly: use the plain Trainer for that.",
+            )
+        for name in ("scoring_pool_size", "scoring_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                fail(name, f"must be a positive integer or None, got {value}", "Leave it unset for the default.")
+        if self.rescore_every < 1:
+            fail("rescore_every", f"must be at least 1, got {self.rescore_every}", "1 rescores at every epoch end.")
+        if self.statistics_chunk_size < 1:
+            fail("statistics_chunk_size", f"must be at least 1, got {self.statistics_chunk_size}", "The default is 512.")
+        if not 0 <= self.running_ppl_decay < 1:
+            fail("running_ppl_decay", f"must be in [0, 1), got {self.running_ppl_decay}", "The default is 0.9.")
+
+    @property
+    def effective_competence_weights(self) -> tuple[float, float, float]:
+        """The weights the competence uses: `competence_weights`, or (1, 0, 0) in `"loss"` mode."""
+        return LOSS_ONLY_WEIGHTS if self.difficulty_mode == "loss" else tuple(self.competence_weights)
+
+    @classmethod
+    def from_training_arguments(cls, args: TrainingArguments) -> "ZPDConfig":
+        """A `ZPDConfig` with every field of `args` and the ZPD defaults."""
+        if isinstance(args, cls):
+            return args
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
+        return cls(**values)

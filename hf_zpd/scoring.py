@@ -1,0 +1,179 @@
+"""The scoring pass: per-example statistics of the training pool, computed without gradient on every process.
+
+Every process runs forward passes over its share of the pool (under FSDP and ZeRO-3 the forward itself is
+collective, so no process may sit out), the rows are gathered, and they are scattered into a table by example index.
+Scattering by index puts the rows back in dataset order and drops the duplicate rows that the even split pads with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .statistics import ExampleStatistics, competence
+
+# The column the trainer adds to the training set, so that every batch says which examples it holds.
+INDEX_COLUMN = "zpd_index"
+
+SCORE_COLUMNS = ("loss", "confidence", "entropy", "num_tokens")
+
+
+@dataclass
+class ScoreTable:
+    """Per-example scores over the whole training set, in dataset order; NaN where an example was not scored.
+
+    Args:
+        loss (`np.ndarray` of shape `(N,)`): mean cross-entropy over the example's supervised positions.
+        confidence (`np.ndarray` of shape `(N,)`): mean max-probability.
+        entropy (`np.ndarray` of shape `(N,)`): mean normalised entropy.
+        num_tokens (`np.ndarray` of shape `(N,)`): supervised positions; NaN if unscored, 0 if it has none.
+        vocab_size (`int`): V, the size of the output distribution.
+    """
+
+    loss: np.ndarray
+    confidence: np.ndarray
+    entropy: np.ndarray
+    num_tokens: np.ndarray
+    vocab_size: int
+
+    @classmethod
+    def empty(cls, num_examples: int, vocab_size: int = 0) -> ScoreTable:
+        columns = [np.full(num_examples, np.nan) for _ in SCORE_COLUMNS]
+        return cls(*columns, vocab_size=vocab_size)
+
+    def __len__(self) -> int:
+        return self.loss.shape[0]
+
+    def fill(self, index: np.ndarray, stats: ExampleStatistics) -> None:
+        """Writes the rows of `stats` at `index`; a repeated index keeps its last row (identical by construction)."""
+        self.vocab_size = stats.vocab_size
+        self.loss[index] = stats.loss.cpu().numpy()
+        self.confidence[index] = stats.confidence.cpu().numpy()
+        self.entropy[index] = stats.entropy.cpu().numpy()
+        self.num_tokens[index] = stats.num_tokens.cpu().numpy()
+
+    def competence(self, weights: tuple[float, float, float]) -> np.ndarray:
+        return competence(self.loss, self.confidence, self.entropy, self.vocab_size, weights)
+
+    def finite(self) -> np.ndarray:
+        """True where every statistic of an example is finite (so it was scored and had supervised positions)."""
+        return np.isfinite(self.loss) & np.isfinite(self.confidence) & np.isfinite(self.entropy)
+
+
+def length_grouped_batches(
+    indices: np.ndarray, lengths: Sequence[int] | None, batch_size: int
+) -> list[list[int]]:
+    """Splits `indices` into batches of similar length, longest first, to cut padding in the scoring pass.
+
+    Longest first also means that a batch too large for the device fails at once, not at the end of the pass.
+    Without lengths the batches follow `indices` in order.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    if lengths is not None:
+        lengths = np.asarray(lengths)[indices]
+        indices = indices[np.argsort(-lengths, kind="stable")]
+    return [indices[i : i + batch_size].tolist() for i in range(0, indices.size, batch_size)]
+
+
+@contextlib.contextmanager
+def preserved_rng_and_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Puts `model` in eval mode, and restores its mode and every global RNG state afterwards.
+
+    `DataLoader.__iter__` draws its base seed from the global torch RNG, so a scoring pass between epochs would
+    otherwise shift dropout masks and break bitwise-identical resume.
+    """
+    python_state, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        torch.random.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+def run_scoring_pass(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    batches: list[list[int]],
+    collate_fn: Callable,
+    forward_statistics: Callable[[torch.nn.Module, dict], ExampleStatistics],
+    accelerator: Accelerator,
+    num_examples: int,
+    num_workers: int = 0,
+    show_progress: bool = True,
+) -> tuple[ScoreTable, float]:
+    """Scores `batches` of `dataset` on every process and returns the gathered table and the pass's duration.
+
+    Args:
+        model (`torch.nn.Module`): the (possibly wrapped) model; put in eval mode for the pass.
+        dataset (`torch.utils.data.Dataset`): the training set, with the [`INDEX_COLUMN`] column.
+        batches (`list[list[int]]`): the global list of batches of dataset indices; each process takes its share.
+        collate_fn (`Callable`): the Trainer's data collator.
+        forward_statistics (`Callable`): runs the model on a collated batch (without the index column) and
+            returns its [`ExampleStatistics`].
+        accelerator (`accelerate.Accelerator`): splits the batches and gathers the rows.
+        num_examples (`int`): the size of the training set (the table's length).
+        num_workers (`int`, *optional*, defaults to 0): DataLoader workers.
+        show_progress (`bool`, *optional*, defaults to `True`): show a progress bar on the local main process.
+
+    Returns:
+        `tuple[ScoreTable, float]`: the table (identical on every process) and the wall-clock seconds.
+    """
+    start = time.perf_counter()
+    table = ScoreTable.empty(num_examples)
+    # apply_padding repeats the last batch so that every process runs the same number of forward passes; the
+    # repeated rows are dropped when they are scattered by index.
+    with accelerator.split_between_processes(batches, apply_padding=True) as local_batches:
+        local_batches = list(local_batches)
+    loader = DataLoader(dataset, batch_sampler=local_batches, collate_fn=collate_fn, num_workers=num_workers)
+    rows = []
+    vocab_size = 0
+    with preserved_rng_and_mode(model), torch.inference_mode():
+        for batch in tqdm(
+            loader,
+            total=len(local_batches),
+            desc="Scoring",
+            leave=False,
+            disable=not (show_progress and accelerator.is_local_main_process),
+        ):
+            index = batch.pop(INDEX_COLUMN)
+            stats = forward_statistics(model, batch)
+            vocab_size = stats.vocab_size
+            rows.append(
+                torch.stack(
+                    [
+                        torch.as_tensor(index, device=stats.loss_sum.device).double(),
+                        stats.loss_sum,
+                        stats.confidence_sum,
+                        stats.entropy_sum,
+                        stats.num_tokens,
+                    ],
+                    dim=1,
+                )
+            )  # (b, 5)
+    device = accelerator.device
+    local_rows = torch.cat(rows).to(device) if rows else torch.zeros((0, 5), dtype=torch.float64, device=device)
+    # Processes may hold different row counts: pad with index -1 (dropped below) to gather equal shapes.
+    padded = accelerator.pad_across_processes(local_rows, dim=0, pad_index=-1)
+    gathered = accelerator.gather(padded).cpu()
+    vocab_size = int(accelerator.gather(torch.tensor([vocab_size], device=device)).max().item())
+    gathered = gathered[gathered[:, 0] >= 0]
+    index = gathered[:, 0].long().numpy()
+    stats = ExampleStatistics(gathered[:, 1], gathered[:, 2], gathered[:, 3], gathered[:, 4], vocab_size)
+    table.fill(index, stats)
+    return table, time.perf_counter() - start

@@ -1,0 +1,182 @@
+"""Per-example statistics of a model's predictions: loss, confidence, entropy and competence.
+
+This module is pure PyTorch (no `transformers` import), so it can be tested against a naive reference without a
+model. The formulas are those of METHOD.md; for an example i with supervised positions T_i (labels != -100) and an
+output distribution of size V:
+
+    loss        l_i = mean_{t in T_i} -log p_t(y_t)
+    confidence  c_i = mean_{t in T_i} max_v p_t(v)
+    entropy     h_i = mean_{t in T_i} H(p_t) / log V
+    competence  k_i = wL (1 - min(l_i / log V, 1)) + wC c_i + wH (1 - h_i)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_INDEX = -100
+
+# The default competence weights (wL, wC, wH) of METHOD.md, and those of the loss-only ablation "A1".
+COMPOSITE_WEIGHTS = (0.4, 0.35, 0.25)
+LOSS_ONLY_WEIGHTS = (1.0, 0.0, 0.0)
+
+
+@dataclass
+class ExampleStatistics:
+    """Per-example sums over supervised positions, so that means and token-level totals can both be derived.
+
+    Sums (not means) are kept because the dataset perplexity and the running perplexity are token-weighted, and
+    because sums from several micro-batches or processes add up exactly.
+
+    Args:
+        loss_sum (`torch.Tensor` of shape `(num_examples,)`):
+            Sum over the example's supervised positions of `-log p_t(y_t)`.
+        confidence_sum (`torch.Tensor` of shape `(num_examples,)`):
+            Sum of `max_v p_t(v)`.
+        entropy_sum (`torch.Tensor` of shape `(num_examples,)`):
+            Sum of `H(p_t) / log V`.
+        num_tokens (`torch.Tensor` of shape `(num_examples,)`):
+            Number of supervised positions. An example with none has all its means undefined (NaN).
+        vocab_size (`int`):
+            V, the size of the output distribution (vocabulary or number of classes).
+    """
+
+    loss_sum: torch.Tensor
+    confidence_sum: torch.Tensor
+    entropy_sum: torch.Tensor
+    num_tokens: torch.Tensor
+    vocab_size: int
+
+    def _mean(self, total: torch.Tensor) -> torch.Tensor:
+        # 0 / 0 gives NaN on purpose: an example without supervised positions has no statistics.
+        return total / self.num_tokens
+
+    @property
+    def loss(self) -> torch.Tensor:
+        return self._mean(self.loss_sum)
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        return self._mean(self.confidence_sum)
+
+    @property
+    def entropy(self) -> torch.Tensor:
+        return self._mean(self.entropy_sum)
+
+
+def align_causal_labels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shift logits and labels by one position, as causal LMs do: position t predicts token t + 1.
+
+    Args:
+        logits (`torch.Tensor` of shape `(B, T, V)`): the model's output.
+        labels (`torch.Tensor` of shape `(B, T)`): the unshifted labels, `-100` where unsupervised.
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: views of shape `(B, T - 1, V)` and `(B, T - 1)`.
+    """
+    return logits[:, :-1, :], labels[:, 1:]
+
+
+@torch.no_grad()
+def per_example_statistics(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    chunk_size: int = 512,
+) -> ExampleStatistics:
+    """Computes each example's loss, confidence and entropy sums in bounded memory.
+
+    Only the supervised rows (labels != -100) are read, `chunk_size` of them at a time and cast to fp32 within the
+    chunk, so at most one `(chunk_size, V)` fp32 tensor (plus its softmax) is alive: never a second full
+    `(B, T, V)` fp32 tensor.
+
+    Args:
+        logits (`torch.Tensor` of shape `(B, V)` or `(B, T, V)`):
+            Unnormalised scores, in any floating dtype. Already aligned with `labels` (see
+            [`align_causal_labels`] for causal LMs).
+        labels (`torch.Tensor` of shape `(B,)` or `(B, T)`):
+            Target indices, `-100` where a position is not supervised.
+        chunk_size (`int`, *optional*, defaults to 512):
+            How many supervised positions are projected to fp32 at once.
+
+    Returns:
+        [`ExampleStatistics`]: per-example sums in float64, on the logits' device.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> logits = torch.log(torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.1, 0.9]]))
+    >>> stats = per_example_statistics(logits, torch.tensor([0, 0, 0]))
+    >>> [round(x, 3) for x in stats.loss.tolist()]
+    [0.105, 0.916, 2.303]
+
+    ```
+    """
+    if logits.dim() == labels.dim():
+        raise ValueError(
+            f"logits must have one more dimension than labels, got logits {tuple(logits.shape)} and labels "
+            f"{tuple(labels.shape)}."
+        )
+    if logits.dim() == 2:  # sequence classification: one position per example
+        logits, labels = logits[:, None, :], labels[:, None]
+    batch_size, seq_len, vocab_size = logits.shape
+    if labels.shape != (batch_size, seq_len):
+        raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)}.")
+    if vocab_size < 2:
+        raise ValueError(
+            f"The model outputs {vocab_size} score per position; the statistics need a distribution over at least "
+            "2 classes (regression heads with num_labels=1 cannot be scored)."
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}.")
+
+    device = logits.device
+    log_vocab = math.log(vocab_size)
+    flat_logits = logits.reshape(batch_size * seq_len, vocab_size)  # a view when logits are contiguous
+    flat_labels = labels.reshape(-1)
+    supervised = (flat_labels != IGNORE_INDEX).nonzero().squeeze(1)  # (N,)
+    example_of_row = torch.div(supervised, seq_len, rounding_mode="floor")
+
+    loss_sum = torch.zeros(batch_size, dtype=torch.float64, device=device)
+    confidence_sum = torch.zeros_like(loss_sum)
+    entropy_sum = torch.zeros_like(loss_sum)
+    for start in range(0, supervised.numel(), chunk_size):
+        rows = supervised[start : start + chunk_size]
+        chunk = flat_logits.index_select(0, rows).float()  # (n, V): the only fp32 vocabulary tensor
+        log_normaliser = torch.logsumexp(chunk, dim=-1)  # (n,)
+        target_logit = chunk.gather(1, flat_labels[rows].unsqueeze(1)).squeeze(1)
+        token_loss = log_normaliser - target_logit
+        token_confidence = torch.exp(chunk.max(dim=-1).values - log_normaliser)
+        # H(p) = logsumexp(x) - sum_v p_v x_v, which avoids log(0) where p_v underflows.
+        probabilities = torch.softmax(chunk, dim=-1)
+        token_entropy = (log_normaliser - (probabilities * chunk).sum(dim=-1)) / log_vocab
+        owners = example_of_row[start : start + chunk_size]
+        loss_sum.index_add_(0, owners, token_loss.double())
+        confidence_sum.index_add_(0, owners, token_confidence.double())
+        entropy_sum.index_add_(0, owners, token_entropy.double())
+    num_tokens = torch.bincount(example_of_row, minlength=batch_size).to(torch.float64)
+    return ExampleStatistics(loss_sum, confidence_sum, entropy_sum, num_tokens, vocab_size)
+
+
+def competence(
+    loss: torch.Tensor,
+    confidence: torch.Tensor,
+    entropy: torch.Tensor,
+    vocab_size: int,
+    weights: tuple[float, float, float] = COMPOSITE_WEIGHTS,
+):
+    """k = wL (1 - min(l / log V, 1)) + wC c + wH (1 - h), in [0, 1].
+
+    Works on torch tensors and numpy arrays alike. NaN inputs give a NaN competence.
+
+    Args:
+        loss, confidence, entropy (`torch.Tensor` or `np.ndarray`): per-example means.
+        vocab_size (`int`): V.
+        weights (`tuple[float, float, float]`, *optional*, defaults to `(0.4, 0.35, 0.25)`): (wL, wC, wH).
+    """
+    w_loss, w_confidence, w_entropy = weights
+    normalised_loss = (loss / math.log(vocab_size)).clip(max=1.0)
+    return w_loss * (1 - normalised_loss) + w_confidence * confidence + w_entropy * (1 - entropy)

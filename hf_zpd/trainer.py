@@ -1,0 +1,533 @@
+"""`ZPDTrainer`: the Hugging Face `Trainer` with a Zone-of-Proximal-Development curriculum.
+
+Checked against transformers 5.24 and accelerate 1.15. The subclass stays narrow: `compute_loss` delegates to the
+Trainer's own (so the loss is exactly the Trainer's) and reads per-example statistics from the outputs; the
+curriculum runs from a callback at epoch boundaries; the sampler is hooked in through `_get_train_sampler`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, has_length
+from transformers.utils import logging
+
+from .band import ZoneSelection, log_difficulty, minimum_zone_size, select_zone
+from .config import ZPDConfig
+from .curriculum import CurriculumState
+from .sampler import ZPDSampler, samples_per_epoch
+from .scoring import INDEX_COLUMN, ScoreTable, length_grouped_batches, run_scoring_pass
+from .statistics import ExampleStatistics, align_causal_labels, competence, per_example_statistics
+
+logger = logging.get_logger(__name__)
+
+# The label smoother's own test for "this model shifts its labels" (see TRAINER_NOTES: `loss_type` is not reliable).
+_CAUSAL_LM_CLASS_NAMES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+# Layout of the per-process accumulators filled by `compute_loss` during training.
+_WINDOW_FIELDS = ("loss_sum", "num_tokens", "confidence", "entropy", "competence", "num_examples", "num_nonfinite")
+
+
+class _IndexedDataset(Dataset):
+    """A map-style dataset of dicts, each item extended with its own index under [`INDEX_COLUMN`]."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.dataset[index]
+        if not isinstance(item, Mapping):
+            raise TypeError(
+                f"ZPDTrainer needs dataset items that are dicts (like a datasets.Dataset row), got {type(item)}. "
+                "Wrap your dataset so that __getitem__ returns a dict of model inputs and labels."
+            )
+        return {**item, INDEX_COLUMN: index}
+
+
+class _CurriculumCallback(TrainerCallback):
+    """Runs the curriculum at the Trainer's epoch boundaries. Callbacks get neither the trainer nor the accelerator,
+    so this one holds its trainer."""
+
+    def __init__(self, trainer: ZPDTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        self.trainer._begin_curriculum(train_dataloader)
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.trainer._begin_epoch()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._end_optimizer_step()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.trainer._end_epoch()
+
+
+class ZPDTrainer(Trainer):
+    """
+    A drop-in [`~transformers.Trainer`] that trains every epoch after the first on the examples in the zone of
+    proximal development: those whose difficulty lies in `[band_lower x D, band_upper x D]`, slightly harder than
+    the model's current level D.
+
+    It takes exactly the Trainer's arguments. `args` may be a [`ZPDConfig`] or a plain
+    [`~transformers.TrainingArguments`] (then the ZPD defaults apply). The loss it optimises is the Trainer's,
+    unchanged. At each epoch end a scoring pass (eval mode, no gradient, sharded over processes) measures every
+    example's loss, confidence and entropy; the next epoch draws its fixed number of samples from the zone.
+
+    Example:
+
+    ```python
+    >>> from transformers import AutoModelForSequenceClassification
+    >>> from hf_zpd import ZPDConfig, ZPDTrainer
+    >>> trainer = ZPDTrainer(model=model, args=ZPDConfig("out", num_train_epochs=3), train_dataset=train)  # doctest: +SKIP
+    >>> trainer.train()  # doctest: +SKIP
+    >>> trainer.curriculum.zones[1]  # the dataset indices that epoch 1 drew from  # doctest: +SKIP
+
+    ```
+    """
+
+    def __init__(self, model=None, args: TrainingArguments | None = None, *trainer_args, **trainer_kwargs):
+        if args is None:
+            args = ZPDConfig(output_dir="trainer_output")
+        elif not isinstance(args, ZPDConfig):
+            args = ZPDConfig.from_training_arguments(args)
+        if args.train_sampling_strategy != "random":
+            raise ValueError(
+                f"ZPDTrainer cannot honour train_sampling_strategy={args.train_sampling_strategy!r}: it draws each "
+                "epoch from the ZPD band with its own shuffled sampler. Use train_sampling_strategy='random' (the "
+                "default), or the plain Trainer for length-grouped or sequential order."
+            )
+        super().__init__(model, args, *trainer_args, **trainer_kwargs)
+        self.args: ZPDConfig
+        self.curriculum: CurriculumState | None = None
+        self._zpd_sampler: ZPDSampler | None = None
+        self._zpd_loader = None
+        self._zpd_lengths: np.ndarray | None = None
+        self._zpd_epoch = 0
+        self._zpd_resume_from: str | None = None
+        self._zpd_indexed: tuple[int, Dataset] | None = None
+        self._reset_training_accumulators()
+        self.add_callback(_CurriculumCallback(self))
+
+    # ---- Data: the index column and the sampler ----
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        # Resolve the checkpoint as `Trainer.train` does, to read the curriculum state from the same folder.
+        checkpoint = resume_from_checkpoint
+        if isinstance(checkpoint, bool):
+            checkpoint = get_last_checkpoint(self.args.output_dir) if checkpoint else None
+        self._zpd_resume_from = checkpoint
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _indexed_train_dataset(self) -> Dataset:
+        dataset = self.train_dataset
+        if self._zpd_indexed is not None and self._zpd_indexed[0] == id(dataset):
+            return self._zpd_indexed[1]
+        if isinstance(dataset, IterableDataset) or isinstance(dataset, datasets.IterableDataset):
+            raise ValueError(
+                "ZPDTrainer needs a map-style training dataset with a length: it scores every example and draws "
+                f"epochs by index, which an {type(dataset).__name__} cannot do. Load the data as a datasets.Dataset "
+                "(for example `Dataset.from_generator(...)` or `load_dataset(..., streaming=False)`), or use the "
+                "plain Trainer for streaming data."
+            )
+        if not has_length(dataset):
+            raise ValueError(
+                f"ZPDTrainer needs a training dataset with a length; {type(dataset).__name__} has no __len__."
+            )
+        if len(dataset) == 0:
+            raise ValueError("The training dataset is empty: ZPDTrainer has no example to score or draw.")
+        if isinstance(dataset, datasets.Dataset):
+            if INDEX_COLUMN in dataset.column_names:
+                raise ValueError(
+                    f"The training dataset already has a column named {INDEX_COLUMN!r}, which ZPDTrainer reserves "
+                    "for the example index. Rename or remove that column."
+                )
+            indexed = dataset.add_column(INDEX_COLUMN, np.arange(len(dataset), dtype=np.int64))
+        else:
+            indexed = _IndexedDataset(dataset)
+        self._zpd_indexed = (id(dataset), indexed)
+        return indexed
+
+    def get_train_dataloader(self):
+        if self.train_dataset is None:
+            raise ValueError("Trainer: training requires a train_dataset.")
+        # Same as `Trainer.get_train_dataloader` (transformers 5.24, private `_get_dataloader`), on the training set
+        # with its index column added.
+        loader = self._get_dataloader(
+            dataset=self._indexed_train_dataset(),
+            description="Training",
+            batch_size=self._train_batch_size,
+            sampler_fn=self._get_train_sampler,
+            is_training=True,
+        )
+        self._zpd_loader = loader
+        return loader
+
+    def _get_train_sampler(self, train_dataset: Dataset | None = None) -> ZPDSampler:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        self._zpd_sampler = ZPDSampler(
+            dataset_size=len(dataset),
+            num_samples=samples_per_epoch(len(dataset), self.args.epoch_fraction),
+            zone_for_epoch=self._zone_for_epoch,
+            replay_fraction=self.args.replay_fraction,
+            seed=self._curriculum_seed,
+        )
+        return self._zpd_sampler
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # Keep the index column through `remove_unused_columns=True`, which would otherwise drop it both from a
+        # datasets.Dataset and through RemoveColumnsCollator.
+        super()._set_signature_columns_if_needed()
+        if INDEX_COLUMN not in self._signature_columns:
+            self._signature_columns.append(INDEX_COLUMN)
+
+    @property
+    def _curriculum_seed(self) -> int:
+        return self.args.data_seed if self.args.data_seed is not None else self.args.seed
+
+    def _zone_for_epoch(self, epoch: int) -> np.ndarray | None:
+        return None if self.curriculum is None else self.curriculum.zones.get(epoch)
+
+    # ---- The loss and the per-example statistics ----
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Returns exactly `Trainer.compute_loss`'s loss; in training it also records per-example statistics."""
+        # The model would swallow the index column through **kwargs: take it out before the forward.
+        inputs.pop(INDEX_COLUMN, None)
+        # Read the labels first: with label smoothing or `compute_loss_func` the Trainer pops them from `inputs`.
+        labels = self._labels_of(inputs) if model.training else None
+        loss, outputs = super().compute_loss(
+            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+        )
+        if model.training:
+            self._record_training_statistics(self._statistics_from_outputs(model, outputs, labels))
+        return (loss, outputs) if return_outputs else loss
+
+    def _labels_of(self, inputs: Mapping[str, Any]) -> torch.Tensor:
+        if len(self.label_names) != 1:
+            raise ValueError(
+                f"ZPDTrainer scores each example by cross-entropy against one label tensor, but this model has label "
+                f"names {self.label_names}. Set TrainingArguments.label_names to the one that holds the targets."
+            )
+        labels = inputs.get(self.label_names[0])
+        if labels is None:
+            raise ValueError(
+                f"ZPDTrainer needs labels to score examples, but the training batch has no {self.label_names[0]!r} "
+                f"(keys: {sorted(inputs)}). Add a 'labels' (or 'label') column to the dataset, or use a collator that "
+                "makes them, e.g. DataCollatorForLanguageModeling(tokenizer, mlm=False) for causal LM."
+            )
+        return labels
+
+    def _statistics_from_outputs(self, model, outputs, labels: torch.Tensor) -> ExampleStatistics:
+        unwrapped = self.accelerator.unwrap_model(model)
+        logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
+        if logits is None:
+            keys = list(outputs.keys()) if isinstance(outputs, Mapping) else f"a {type(outputs).__name__}"
+            raise ValueError(
+                f"ZPDTrainer needs the model's logits to score examples, but {type(unwrapped).__name__} returned "
+                f"{keys}. Use a model with a language-modelling or classification head that returns `logits` "
+                "(and keep return_dict=True)."
+            )
+        if labels.is_floating_point():
+            raise ValueError(
+                "ZPDTrainer scores examples by cross-entropy against class indices, but the labels are floating point "
+                "(a regression or multi-label head). Use integer class labels."
+            )
+        if unwrapped._get_name() in _CAUSAL_LM_CLASS_NAMES:
+            logits, labels = align_causal_labels(logits, labels)
+        return per_example_statistics(logits.detach(), labels, chunk_size=self.args.statistics_chunk_size)
+
+    def _reset_training_accumulators(self) -> None:
+        device = self.args.device
+        # Sums since the last log (for the zpd/train_* means) and for the current optimizer step (running PPL).
+        self._window = torch.zeros(len(_WINDOW_FIELDS), dtype=torch.float64, device=device)
+        self._step_totals = torch.zeros(2, dtype=torch.float64, device=device)
+        self._pending_steps: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def _record_training_statistics(self, stats: ExampleStatistics) -> None:
+        loss, confidence, entropy = stats.loss, stats.confidence, stats.entropy
+        has_targets = stats.num_tokens > 0
+        finite = torch.isfinite(loss) & torch.isfinite(confidence) & torch.isfinite(entropy)
+        example_competence = competence(
+            loss, confidence, entropy, stats.vocab_size, self.args.effective_competence_weights
+        )
+        # Non-finite examples (NaN/inf logits) are left out of every sum, so they cannot poison the running PPL,
+        # and counted instead. Examples without supervised tokens carry no statistic at all.
+        zero = torch.zeros((), dtype=torch.float64, device=loss.device)
+        step = torch.stack([torch.where(finite, stats.loss_sum, zero).sum(), stats.num_tokens[finite].sum()])
+        window = torch.stack(
+            [
+                step[0],
+                step[1],
+                torch.where(finite, confidence, zero).sum(),
+                torch.where(finite, entropy, zero).sum(),
+                torch.where(finite, example_competence, zero).sum(),
+                finite.sum().double(),
+                (has_targets & ~finite).sum().double(),
+            ]
+        )
+        self._step_totals += step.to(self._step_totals.device)
+        self._window += window.to(self._window.device)
+
+    def _end_optimizer_step(self) -> None:
+        # Kept on device and folded into the moving average lazily (at log, save and epoch end), so the running
+        # perplexity costs no host sync and no collective per step.
+        self._pending_steps.append(self._step_totals.clone())
+        self._step_totals.zero_()
+
+    def _fold_running_loss(self) -> None:
+        """Folds the steps since the last fold into the moving average, from token sums over all processes."""
+        # Every process has run the same optimizer steps, so all of them take this branch together.
+        if not self._pending_steps:
+            return
+        steps = self.accelerator.reduce(torch.stack(self._pending_steps), reduction="sum").cpu().tolist()
+        self._pending_steps = []
+        decay = self.args.running_ppl_decay
+        for loss_sum, num_tokens in steps:
+            if num_tokens == 0:
+                continue
+            mean_loss = loss_sum / num_tokens
+            previous = self.curriculum.running_loss
+            self.curriculum.running_loss = mean_loss if previous is None else decay * previous + (1 - decay) * mean_loss
+
+    def _running_ppl(self) -> float:
+        running_loss = self.curriculum.running_loss if self.curriculum is not None else None
+        return math.exp(running_loss) if running_loss is not None else math.nan
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        # Training logs (they carry "loss") get the running PPL and the means of the per-example statistics since
+        # the last log, averaged over all processes.
+        if "loss" in logs and self.curriculum is not None:
+            self._fold_running_loss()
+            window = self.accelerator.reduce(self._window.clone(), reduction="sum").cpu().tolist()
+            self._window.zero_()
+            totals = dict(zip(_WINDOW_FIELDS, window))
+            logs["zpd/running_ppl"] = self._running_ppl()
+            if totals["num_tokens"] > 0:
+                logs["zpd/train_loss"] = totals["loss_sum"] / totals["num_tokens"]
+            if totals["num_examples"] > 0:
+                for name in ("confidence", "entropy", "competence"):
+                    logs[f"zpd/train_{name}"] = totals[name] / totals["num_examples"]
+            logs["zpd/train_nonfinite"] = totals["num_nonfinite"]
+        super().log(logs, *args, **kwargs)
+
+    # ---- The curriculum at epoch boundaries ----
+
+    def _begin_curriculum(self, train_dataloader) -> None:
+        dataset_size = len(self.train_dataset)
+        self._reset_training_accumulators()
+        self.curriculum = None
+        if self._zpd_resume_from is not None:
+            self.curriculum = CurriculumState.load(self._zpd_resume_from, dataset_size)
+            if self.curriculum is None:
+                logger.warning(
+                    f"The checkpoint {self._zpd_resume_from} has no curriculum state (it was not written by "
+                    "ZPDTrainer). Training resumes, and the pool is scored with the restored model at the start of "
+                    "the next epoch that needs a zone."
+                )
+        if self.curriculum is None:
+            self.curriculum = CurriculumState(dataset_size=dataset_size)
+        # The epoch to resume in, by the Trainer's own formula (`_init_training_state`).
+        num_batches = len(train_dataloader)
+        accumulation = self.args.gradient_accumulation_steps
+        steps_per_epoch = max(num_batches // accumulation + int(num_batches % accumulation > 0), 1)
+        self._zpd_epoch = self.state.global_step // steps_per_epoch
+
+    def _begin_epoch(self) -> None:
+        epoch = self._zpd_epoch
+        if epoch not in self.curriculum.zones and (epoch > 0 or self.args.score_before_training):
+            # Normally the zone was chosen at the previous epoch's end. It is missing after a resume from a
+            # checkpoint saved before that (a step save on an epoch's last step), and before the first epoch.
+            self._choose_zone(epoch)
+        self._zpd_sampler.set_epoch(epoch)
+
+    def _end_epoch(self) -> None:
+        self._fold_running_loss()
+        next_epoch = self._zpd_epoch + 1
+        self._zpd_epoch = next_epoch
+        more_to_train = next_epoch < self.state.num_train_epochs and self.state.global_step < self.state.max_steps
+        if more_to_train and next_epoch not in self.curriculum.zones:
+            self._choose_zone(next_epoch)
+
+    def _is_scoring_boundary(self, epoch: int) -> bool:
+        """Scoring passes run before epoch `first` and every `rescore_every` epochs after it."""
+        first = 0 if self.args.score_before_training else 1
+        return epoch >= first and (epoch - first) % self.args.rescore_every == 0
+
+    def _choose_zone(self, epoch: int) -> None:
+        curriculum = self.curriculum
+        rescored = self._is_scoring_boundary(epoch) or curriculum.latest_scores is None
+        if rescored:
+            if not self._is_scoring_boundary(epoch):
+                logger.warning(f"No scores to reuse for epoch {epoch}: scoring the pool now.")
+            table, seconds = self._score_pool(epoch)
+            progress = self._learning_progress(curriculum.latest_scores, table, curriculum.zones.get(epoch - 1))
+            curriculum.previous_scores = curriculum.latest_scores
+            curriculum.latest_scores, curriculum.latest_scores_epoch = table, epoch
+        table = curriculum.latest_scores
+        pool = np.flatnonzero(~np.isnan(table.num_tokens))
+        selection = self._select(table, pool)
+        curriculum.zones[epoch] = pool[selection.indices]
+        metrics = self._selection_metrics(epoch, table, pool, selection)
+        metrics["zpd/rescored"] = float(rescored)
+        if rescored:
+            metrics["zpd/scoring_seconds"] = seconds
+            metrics.update(progress)
+        curriculum.epoch_metrics[epoch] = metrics
+        self.log(dict(metrics))
+
+    def _select(self, table: ScoreTable, pool: np.ndarray) -> ZoneSelection:
+        weights = self.args.effective_competence_weights
+        log_d = log_difficulty(table.competence(weights)[pool], table.vocab_size)
+        valid = table.finite()[pool]
+        if not valid.any():
+            no_targets = int((table.num_tokens[pool] == 0).sum())
+            raise RuntimeError(
+                f"None of the {pool.size} scored examples has finite statistics ({no_targets} have no supervised "
+                f"token, the rest gave NaN or inf logits). If the labels are all -100, check the collator and the "
+                "label column; if the model diverged, lower the learning rate, set max_grad_norm, or use bf16 "
+                "instead of fp16. The last checkpoint is intact."
+            )
+        min_size = minimum_zone_size(pool.size, self.args.min_zone_fraction, self.get_total_train_batch_size(self.args))
+        selection = select_zone(log_d, self.args.band_lower, self.args.band_upper, min_size, valid=valid)
+        if selection.num_widened:
+            logger.info(
+                f"The ZPD band held {selection.num_in_band} of {pool.size} examples, fewer than the minimum "
+                f"{min_size}: widened by the {selection.num_widened} examples nearest to it (zpd/num_widened)."
+            )
+        return selection
+
+    def _selection_metrics(self, epoch: int, table: ScoreTable, pool: np.ndarray, selection: ZoneSelection):
+        weights = self.args.effective_competence_weights
+        finite = table.finite()
+        example_competence = table.competence(weights)
+        no_targets = table.num_tokens[pool] == 0
+        metrics = {
+            "zpd/epoch": float(epoch),
+            "zpd/ppl": float(np.exp(table.loss[pool][finite[pool]].mean())),
+            "zpd/running_ppl": self._running_ppl(),
+            "zpd/level": selection.level,
+            "zpd/band_lower": selection.band_lower,
+            "zpd/band_upper": selection.band_upper,
+            "zpd/zone_fraction": selection.zone_fraction,
+            "zpd/num_scored": float(pool.size),
+            "zpd/num_in_band": float(selection.num_in_band),
+            "zpd/num_selected": float(selection.indices.size),
+            "zpd/num_widened": float(selection.num_widened),
+            "zpd/num_nonfinite": float((~finite[pool] & ~no_targets).sum()),
+            "zpd/num_no_targets": float(no_targets.sum()),
+        }
+        groups = {"pool": pool[finite[pool]], "selected": pool[selection.indices]}
+        for group, members in groups.items():
+            for name, values in (
+                ("loss", table.loss),
+                ("confidence", table.confidence),
+                ("entropy", table.entropy),
+                ("competence", example_competence),
+            ):
+                metrics[f"zpd/{group}_{name}"] = float(values[members].mean())
+        return metrics
+
+    @staticmethod
+    def _learning_progress(before: ScoreTable | None, after: ScoreTable, zone: np.ndarray | None) -> dict[str, float]:
+        """How much the loss of the zone that was trained on fell, against the rest of the pool (the hit rate)."""
+        if before is None or zone is None:
+            return {}
+        both = before.finite() & after.finite()
+        selected = np.zeros(len(after), dtype=bool)
+        selected[zone] = True
+        drop = before.loss - after.loss
+        in_zone, others = drop[both & selected], drop[both & ~selected]
+        if in_zone.size == 0 or others.size == 0:
+            return {}
+        return {
+            "zpd/selected_loss_drop": float(in_zone.mean()),
+            "zpd/other_loss_drop": float(others.mean()),
+            "zpd/hit_rate": float((in_zone > others.mean()).mean()),
+        }
+
+    # ---- The scoring pass ----
+
+    def _pool_indices(self, epoch: int) -> np.ndarray:
+        size = len(self.train_dataset)
+        pool_size = self.args.scoring_pool_size
+        if pool_size is None or pool_size >= size:
+            return np.arange(size, dtype=np.int64)
+        rng = np.random.default_rng([self._curriculum_seed, epoch, 1])
+        return np.sort(rng.choice(size, size=pool_size, replace=False)).astype(np.int64)
+
+    def _example_lengths(self, dataset) -> np.ndarray | None:
+        if self._zpd_lengths is not None and len(self._zpd_lengths) == len(dataset):
+            return self._zpd_lengths
+        if not isinstance(dataset, datasets.Dataset):
+            return None
+        names = [self.args.length_column_name]
+        if self.processing_class is not None and getattr(self.processing_class, "model_input_names", None):
+            names.append(self.processing_class.model_input_names[0])
+        names.append("input_ids")
+        for name in names:
+            if name in dataset.column_names:
+                column = dataset.with_format(None)[name]
+                lengths = column if name == self.args.length_column_name else [len(row) for row in column]
+                self._zpd_lengths = np.asarray(lengths, dtype=np.int64)
+                return self._zpd_lengths
+        return None
+
+    def _forward_statistics(self, model, inputs: dict[str, Any]) -> ExampleStatistics:
+        inputs = self._prepare_inputs(inputs)
+        labels = self._labels_of(inputs)
+        unwrapped = self.accelerator.unwrap_model(model)
+        model_inputs = {key: value for key, value in inputs.items() if key not in self.label_names}
+        if getattr(getattr(unwrapped, "config", None), "is_encoder_decoder", False):
+            if "decoder_input_ids" not in model_inputs:
+                if hasattr(unwrapped, "prepare_decoder_input_ids_from_labels"):
+                    model_inputs["decoder_input_ids"] = unwrapped.prepare_decoder_input_ids_from_labels(labels=labels)
+                else:  # the model builds its decoder inputs from the labels
+                    model_inputs[self.label_names[0]] = labels
+        # Without labels the model computes no loss, which for causal LMs would upcast the full logits to fp32.
+        outputs = model(**model_inputs)
+        return self._statistics_from_outputs(model, outputs, labels)
+
+    def _score_pool(self, epoch: int) -> tuple[ScoreTable, float]:
+        loader = self._zpd_loader
+        pool = self._pool_indices(epoch)
+        batch_size = self.args.scoring_batch_size or self.args.per_device_eval_batch_size
+        batches = length_grouped_batches(pool, self._example_lengths(loader.dataset), batch_size)
+        return run_scoring_pass(
+            model=self.model_wrapped,
+            dataset=loader.dataset,
+            batches=batches,
+            collate_fn=loader.collate_fn,
+            forward_statistics=self._forward_statistics,
+            accelerator=self.accelerator,
+            num_examples=len(self.train_dataset),
+            num_workers=self.args.dataloader_num_workers,
+            show_progress=not self.args.disable_tqdm,
+        )
+
+    # ---- Checkpoints ----
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # Private Trainer method (checked against transformers 5.24): the one place every checkpoint passes
+        # through, the just-in-time path included (which skips `on_save`). The curriculum state goes in first and
+        # atomically, so a checkpoint folder with model weights always has the state that matches them.
+        if self.curriculum is not None:
+            self._fold_running_loss()
+            if self.args.should_save:
+                folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+                self.curriculum.save(folder)
+        super()._save_checkpoint(model, trial)
