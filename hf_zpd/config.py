@@ -64,7 +64,9 @@ class ZPDConfig(TrainingArguments):
         default=1.1,
         metadata={"help": "Lower edge of the zone relative to the model's level D (zone: lower*D <= d_i <= upper*D)."},
     )
-    band_upper: float = field(default=1.3, metadata={"help": "Upper edge of the zone relative to the model's level D."})
+    band_upper: float = field(
+        default=1.3, metadata={"help": "Upper edge of the zone relative to the model's level D."}
+    )
     difficulty_mode: str = field(
         default="composite",
         metadata={
@@ -136,7 +138,11 @@ class ZPDConfig(TrainingArguments):
             fail("difficulty_mode", f"got {self.difficulty_mode!r}", f"Use one of {DIFFICULTY_MODES}.")
         weights = list(self.competence_weights)
         if len(weights) != 3:
-            fail("competence_weights", f"needs 3 numbers (loss, confidence, entropy), got {weights}", "E.g. 0.4 0.35 0.25.")
+            fail(
+                "competence_weights",
+                f"needs 3 numbers (loss, confidence, entropy), got {weights}",
+                "E.g. 0.4 0.35 0.25.",
+            )
         if any(not math.isfinite(w) or w < 0 for w in weights):
             fail("competence_weights", f"must be non-negative, got {weights}", "E.g. 0.4 0.35 0.25.")
         if abs(sum(weights) - 1.0) > 1e-6:
@@ -158,7 +164,9 @@ class ZPDConfig(TrainingArguments):
         if self.rescore_every < 1:
             fail("rescore_every", f"must be at least 1, got {self.rescore_every}", "1 rescores at every epoch end.")
         if self.statistics_chunk_size < 1:
-            fail("statistics_chunk_size", f"must be at least 1, got {self.statistics_chunk_size}", "The default is 512.")
+            fail(
+                "statistics_chunk_size", f"must be at least 1, got {self.statistics_chunk_size}", "The default is 512."
+            )
         if not 0 <= self.running_ppl_decay < 1:
             fail("running_ppl_decay", f"must be in [0, 1), got {self.running_ppl_decay}", "The default is 0.9.")
 

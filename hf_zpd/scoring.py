@@ -69,9 +69,7 @@ class ScoreTable:
         return np.isfinite(self.loss) & np.isfinite(self.confidence) & np.isfinite(self.entropy)
 
 
-def length_grouped_batches(
-    indices: np.ndarray, lengths: Sequence[int] | None, batch_size: int
-) -> list[list[int]]:
+def length_grouped_batches(indices: np.ndarray, lengths: Sequence[int] | None, batch_size: int) -> list[list[int]]:
     """Splits `indices` into batches of similar length, longest first, to cut padding in the scoring pass.
 
     Longest first also means that a batch too large for the device fails at once, not at the end of the pass.

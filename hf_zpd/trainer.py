@@ -209,9 +209,7 @@ class ZPDTrainer(Trainer):
         inputs.pop(INDEX_COLUMN, None)
         # Read the labels first: with label smoothing or `compute_loss_func` the Trainer pops them from `inputs`.
         labels = self._labels_of(inputs) if model.training else None
-        loss, outputs = super().compute_loss(
-            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
-        )
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if model.training:
             self._record_training_statistics(self._statistics_from_outputs(model, outputs, labels))
         return (loss, outputs) if return_outputs else loss
@@ -302,7 +300,9 @@ class ZPDTrainer(Trainer):
                 continue
             mean_loss = loss_sum / num_tokens
             previous = self.curriculum.running_loss
-            self.curriculum.running_loss = mean_loss if previous is None else decay * previous + (1 - decay) * mean_loss
+            self.curriculum.running_loss = (
+                mean_loss if previous is None else decay * previous + (1 - decay) * mean_loss
+            )
 
     def _running_ppl(self) -> float:
         running_loss = self.curriculum.running_loss if self.curriculum is not None else None
@@ -402,7 +402,9 @@ class ZPDTrainer(Trainer):
                 "label column; if the model diverged, lower the learning rate, set max_grad_norm, or use bf16 "
                 "instead of fp16. The last checkpoint is intact."
             )
-        min_size = minimum_zone_size(pool.size, self.args.min_zone_fraction, self.get_total_train_batch_size(self.args))
+        min_size = minimum_zone_size(
+            pool.size, self.args.min_zone_fraction, self.get_total_train_batch_size(self.args)
+        )
         selection = select_zone(log_d, self.args.band_lower, self.args.band_upper, min_size, valid=valid)
         if selection.num_widened:
             logger.info(
@@ -528,6 +530,8 @@ class ZPDTrainer(Trainer):
         if self.curriculum is not None:
             self._fold_running_loss()
             if self.args.should_save:
-                folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+                folder = os.path.join(
+                    self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+                )
                 self.curriculum.save(folder)
         super()._save_checkpoint(model, trial)

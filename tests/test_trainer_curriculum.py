@@ -1,0 +1,582 @@
+"""Trainer-level behaviour: schedule, selection, logging, resume, and bad input, on tiny real models."""
+
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from builders import (
+    assert_bitwise_equal,
+    causal_lm_dataset,
+    classification_dataset,
+    final_weights,
+    seq2seq_dataset,
+    tiny_bert_classifier,
+    tiny_gpt2,
+    tiny_t5,
+)
+from transformers import (
+    DataCollatorForLanguageModeling,
+    DataCollatorForSeq2Seq,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainingArguments,
+)
+
+from hf_zpd import ZPDConfig, ZPDTrainer
+from hf_zpd.band import log_difficulty, minimum_zone_size, select_zone
+from hf_zpd.curriculum import STATE_NAME, CurriculumState
+from hf_zpd.scoring import run_scoring_pass
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def base_values(tmp_path, name, **overrides) -> dict:
+    values = dict(
+        output_dir=str(tmp_path / name),
+        num_train_epochs=3,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        learning_rate=5e-3,
+        logging_steps=2,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=7,
+    )
+    values.update(overrides)
+    return values
+
+
+def config(tmp_path, name="run", **overrides) -> ZPDConfig:
+    return ZPDConfig(**base_values(tmp_path, name, **overrides))
+
+
+def plain_config(tmp_path, name="plain", **overrides) -> TrainingArguments:
+    """The same arguments for the plain Trainer (no ZPD fields)."""
+    return TrainingArguments(**base_values(tmp_path, name, **overrides))
+
+
+def gpt2_trainer(tokenizer, args, num_examples=48, trainer_class=ZPDTrainer, prompt_tokens=2, **kwargs):
+    dataset = causal_lm_dataset(tokenizer, num_examples, prompt_tokens=prompt_tokens)
+    return trainer_class(
+        model=tiny_gpt2(len(tokenizer)),
+        args=args,
+        train_dataset=dataset,
+        data_collator=DataCollatorForSeq2Seq(tokenizer),
+        **kwargs,
+    )
+
+
+def zpd_logs(trainer) -> list[dict]:
+    return [entry for entry in trainer.state.log_history if "zpd/epoch" in entry]
+
+
+# ---- schedule ----
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_schedule_matches_plain_trainer(tokenizer, tmp_path, accumulation):
+    """Same steps, learning rates, eval and save points as the plain Trainer with the same arguments."""
+    common = dict(gradient_accumulation_steps=accumulation, eval_strategy="steps", eval_steps=3)
+    common.update(save_strategy="steps", save_steps=4)
+    plain = gpt2_trainer(
+        tokenizer,
+        plain_config(tmp_path, **common),
+        trainer_class=Trainer,
+        eval_dataset=causal_lm_dataset(tokenizer, 8, seed=1),
+    )
+    ours = gpt2_trainer(
+        tokenizer, config(tmp_path, "zpd", **common), eval_dataset=causal_lm_dataset(tokenizer, 8, seed=1)
+    )
+    plain_output, our_output = plain.train(), ours.train()
+    assert our_output.global_step == plain_output.global_step == 3 * math.ceil(6 / accumulation)
+
+    def schedule(trainer):
+        history = trainer.state.log_history
+        return (
+            [(e["step"], e["learning_rate"]) for e in history if "learning_rate" in e],
+            [e["step"] for e in history if "eval_loss" in e],
+        )
+
+    assert schedule(ours) == schedule(plain)
+    assert sorted(os.listdir(tmp_path / "zpd")) == sorted(os.listdir(tmp_path / "plain"))
+
+
+@pytest.mark.parametrize("epoch_fraction", [0.5, 0.8])
+def test_epoch_fraction_fixes_every_epoch_length(tokenizer, tmp_path, epoch_fraction):
+    trainer = gpt2_trainer(tokenizer, config(tmp_path, epoch_fraction=epoch_fraction, replay_fraction=0.25))
+    output = trainer.train()
+    samples = math.ceil(48 * epoch_fraction)
+    assert output.global_step == 3 * math.ceil(samples / 8)
+    for epoch in range(3):
+        draw = trainer._zpd_sampler.epoch_indices(epoch)
+        assert draw.shape == (samples,)
+        assert draw.min() >= 0 and draw.max() < 48
+
+
+# ---- selection ----
+
+
+def test_zones_follow_the_method_rule(tokenizer, tmp_path):
+    """Each epoch's zone is the band rule applied to that boundary's scores (checked independently here)."""
+    trainer = gpt2_trainer(tokenizer, config(tmp_path, difficulty_mode="loss", min_zone_fraction=0.1))
+    trainer.train()
+    state = trainer.curriculum
+    assert sorted(state.zones) == [1, 2]
+    # Re-derive the last zone from the saved scores with the pure band function.
+    table = state.latest_scores
+    log_d = log_difficulty(table.competence((1.0, 0.0, 0.0)), table.vocab_size)
+    expected = select_zone(log_d, 1.1, 1.3, minimum_zone_size(48, 0.1, 8))
+    np.testing.assert_array_equal(state.zones[2], expected.indices)
+    # In loss-only mode the level is the pool's perplexity, with each loss capped at log V (METHOD.md: d_i = PPL_i
+    # where l_i <= log V, so A1 is the seed's rule verbatim).
+    logged = zpd_logs(trainer)[-1]
+    capped = np.minimum(table.loss, math.log(table.vocab_size))
+    assert logged["zpd/level"] == pytest.approx(math.exp(np.mean(capped)), rel=1e-9)
+    assert logged["zpd/ppl"] == pytest.approx(math.exp(np.mean(table.loss)), rel=1e-9)
+    assert logged["zpd/num_selected"] == len(state.zones[2])
+    # The epoch really trained on the zone: every draw of epoch 2 is in zone 2 (no replay).
+    assert set(trainer._zpd_sampler.epoch_indices(2).tolist()) <= set(state.zones[2].tolist())
+
+
+def test_scoring_pass_matches_one_example_at_a_time(tokenizer, tmp_path):
+    """Length-grouped, padded scoring puts each example's statistics back at its own index."""
+    trainer = gpt2_trainer(tokenizer, config(tmp_path, num_train_epochs=1), num_examples=21)
+    trainer.train()
+    model = trainer.model
+    table, _ = trainer._score_pool(epoch=1)
+    loader = trainer._zpd_loader
+    model.eval()
+    for index in range(21):
+        batch = loader.collate_fn([loader.dataset[index]])
+        batch.pop("zpd_index")
+        with torch.no_grad():
+            stats = trainer._forward_statistics(model, batch)
+        assert table.loss[index] == pytest.approx(stats.loss.item(), abs=1e-5)
+        assert table.confidence[index] == pytest.approx(stats.confidence.item(), abs=1e-5)
+        assert table.entropy[index] == pytest.approx(stats.entropy.item(), abs=1e-5)
+        assert table.num_tokens[index] == stats.num_tokens.item()
+
+
+def test_scoring_pass_restores_mode_and_rng(tokenizer, tmp_path):
+    trainer = gpt2_trainer(tokenizer, config(tmp_path, num_train_epochs=1))
+    trainer.train()
+    trainer.model.train()
+    before = torch.random.get_rng_state(), np.random.get_state()[1].copy()
+    trainer._score_pool(epoch=1)
+    assert trainer.model.training
+    assert torch.equal(torch.random.get_rng_state(), before[0])
+    np.testing.assert_array_equal(np.random.get_state()[1], before[1])
+
+
+def test_scoring_pool_size_and_rescore_cadence(tokenizer, tmp_path):
+    trainer = gpt2_trainer(
+        tokenizer, config(tmp_path, num_train_epochs=4, scoring_pool_size=20, rescore_every=2, replay_fraction=0.25)
+    )
+    trainer.train()
+    logs = zpd_logs(trainer)
+    assert [log["zpd/epoch"] for log in logs] == [1, 2, 3]
+    assert [log["zpd/rescored"] for log in logs] == [1, 0, 1]
+    assert all(log["zpd/num_scored"] == 20 for log in logs)
+    # Epoch 2 reuses the scores of boundary 1: the same zone, but a different draw.
+    np.testing.assert_array_equal(trainer.curriculum.zones[1], trainer.curriculum.zones[2])
+    sampler = trainer._zpd_sampler
+    assert not np.array_equal(sampler.epoch_indices(1), sampler.epoch_indices(2))
+    # The zone lies inside the scored pool.
+    scored = np.flatnonzero(~np.isnan(trainer.curriculum.latest_scores.num_tokens))
+    assert scored.size == 20 and set(trainer.curriculum.zones[3]) <= set(scored)
+
+
+def test_score_before_training_trains_epoch_zero_in_the_zone(tokenizer, tmp_path):
+    trainer = gpt2_trainer(tokenizer, config(tmp_path, num_train_epochs=2, score_before_training=True))
+    trainer.train()
+    assert sorted(trainer.curriculum.zones) == [0, 1]
+    assert set(trainer._zpd_sampler.epoch_indices(0).tolist()) <= set(trainer.curriculum.zones[0].tolist())
+    assert zpd_logs(trainer)[0]["zpd/epoch"] == 0
+
+
+# ---- model families and collators ----
+
+
+@pytest.mark.parametrize("remove_unused_columns", [True, False])
+def test_classifier_with_padding_collator(tokenizer, tmp_path, remove_unused_columns):
+    dataset = classification_dataset(tokenizer, 40, keep_text=remove_unused_columns)
+    trainer = ZPDTrainer(
+        model=tiny_bert_classifier(len(tokenizer)),
+        args=config(tmp_path, remove_unused_columns=remove_unused_columns),
+        train_dataset=dataset,
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
+    trainer.train()
+    logs = zpd_logs(trainer)
+    assert len(logs) == 2
+    assert trainer.curriculum.latest_scores.vocab_size == 3  # V is the number of classes
+    assert np.isfinite(trainer.curriculum.latest_scores.loss).all()
+    assert (trainer.curriculum.latest_scores.num_tokens == 1).all()
+
+
+def test_causal_lm_with_language_modeling_collator(tokenizer, tmp_path):
+    """The collator makes the labels (padding -> -100); the index column survives it."""
+    dataset = causal_lm_dataset(tokenizer, 40).remove_columns("labels")
+    trainer = ZPDTrainer(
+        model=tiny_gpt2(len(tokenizer)),
+        args=config(tmp_path),
+        train_dataset=dataset,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+    )
+    trainer.train()
+    assert len(zpd_logs(trainer)) == 2
+    assert np.isfinite(trainer.curriculum.latest_scores.loss).all()
+
+
+def test_encoder_decoder(tokenizer, tmp_path):
+    model = tiny_t5(len(tokenizer))
+    trainer = ZPDTrainer(
+        model=model,
+        args=config(tmp_path),
+        train_dataset=seq2seq_dataset(tokenizer, 40),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
+    )
+    trainer.train()
+    assert len(zpd_logs(trainer)) == 2
+    table = trainer.curriculum.latest_scores
+    assert np.isfinite(table.loss).all() and table.vocab_size == len(tokenizer)
+
+
+def test_plain_training_arguments_get_zpd_defaults(tokenizer, tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=2, report_to=[], use_cpu=True, seed=3)
+    trainer = gpt2_trainer(tokenizer, args)
+    assert isinstance(trainer.args, ZPDConfig)
+    assert (trainer.args.band_lower, trainer.args.band_upper, trainer.args.seed) == (1.1, 1.3, 3)
+    trainer.train()
+    assert sorted(trainer.curriculum.zones) == [1]
+
+
+# ---- logging ----
+
+
+def documented_metrics() -> set[str]:
+    text = README.read_text()
+    section = text.split("## Logged metrics", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"`(zpd/[a-z_]+)`", section))
+
+
+def test_every_logged_metric_is_documented_and_every_documented_one_is_logged(tokenizer, tmp_path):
+    trainer = gpt2_trainer(tokenizer, config(tmp_path, num_train_epochs=3, min_zone_fraction=0.3))
+    trainer.train()
+    logged = {key for entry in trainer.state.log_history for key in entry if key.startswith("zpd/")}
+    assert logged == documented_metrics()
+    for entry in trainer.state.log_history:
+        if "loss" in entry:
+            assert math.isfinite(entry["zpd/running_ppl"]) and entry["zpd/running_ppl"] > 1
+
+
+def test_running_ppl_is_the_moving_average_of_token_losses(tokenizer, tmp_path):
+    """Built from (CE sum, token count) per optimizer step, not from the Trainer's logged loss."""
+    trainer = gpt2_trainer(tokenizer, config(tmp_path, num_train_epochs=1, logging_steps=1, running_ppl_decay=0.5))
+    step_means = []
+    original = trainer._end_optimizer_step
+
+    def spy():
+        totals = trainer._step_totals.tolist()
+        step_means.append(totals[0] / totals[1])
+        original()
+
+    trainer._end_optimizer_step = spy
+    trainer.callback_handler.callbacks[-1].trainer = trainer
+    trainer.train()
+    expected = step_means[0]
+    for mean in step_means[1:]:
+        expected = 0.5 * expected + 0.5 * mean
+    assert trainer.curriculum.running_loss == pytest.approx(expected, rel=1e-12)
+    last = [e for e in trainer.state.log_history if "loss" in e][-1]
+    assert last["zpd/running_ppl"] == pytest.approx(math.exp(expected), rel=1e-12)
+
+
+# ---- resume ----
+
+
+RESUME_SETTINGS = {
+    "default": dict(),
+    "replay-ga2-fraction": dict(
+        gradient_accumulation_steps=2,
+        replay_fraction=0.25,
+        epoch_fraction=0.75,
+        score_before_training=True,
+        save_steps=2,
+    ),
+    "pool-cadence": dict(scoring_pool_size=30, rescore_every=2, num_train_epochs=4),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", list(RESUME_SETTINGS))
+def test_resume_from_any_checkpoint_is_bitwise_identical(tokenizer, tmp_path, setting):
+    """Interrupted at any checkpoint (mid-epoch, or on an epoch's last step) and resumed: same zones, same weights."""
+    overrides = dict(save_strategy="steps", save_steps=3) | RESUME_SETTINGS[setting]
+    full = gpt2_trainer(tokenizer, config(tmp_path, "full", **overrides))
+    full.train()
+    expected_weights, expected_zones = final_weights(full.model), full.curriculum.zones
+    checkpoints = sorted((tmp_path / "full").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert len(checkpoints) >= 4
+    for checkpoint in checkpoints[:-1]:
+        assert (checkpoint / STATE_NAME).is_file()
+        resumed = gpt2_trainer(tokenizer, config(tmp_path, f"resumed-{checkpoint.name}", **overrides))
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+        assert resumed.curriculum.zones.keys() == expected_zones.keys(), checkpoint.name
+        for epoch, zone in expected_zones.items():
+            np.testing.assert_array_equal(resumed.curriculum.zones[epoch], zone, err_msg=f"{checkpoint.name} {epoch}")
+        assert_bitwise_equal(final_weights(resumed.model), expected_weights)
+
+
+@pytest.mark.slow
+def test_same_seed_same_run(tokenizer, tmp_path):
+    first = gpt2_trainer(tokenizer, config(tmp_path, "first"))
+    first.train()
+    second = gpt2_trainer(tokenizer, config(tmp_path, "second"))
+    second.train()
+    assert_bitwise_equal(final_weights(first.model), final_weights(second.model))
+    other_seed = gpt2_trainer(tokenizer, config(tmp_path, "third", seed=8))
+    other_seed.train()
+    assert not np.array_equal(other_seed._zpd_sampler.epoch_indices(1), first._zpd_sampler.epoch_indices(1))
+
+
+def test_resume_from_plain_trainer_checkpoint_rescores(tokenizer, tmp_path, caplog):
+    plain_args = plain_config(tmp_path, save_strategy="steps", save_steps=9)
+    gpt2_trainer(tokenizer, plain_args, trainer_class=Trainer).train()
+    checkpoint = tmp_path / "plain" / "checkpoint-9"  # mid-epoch 1
+    assert not (checkpoint / STATE_NAME).exists()
+    trainer = gpt2_trainer(tokenizer, config(tmp_path, "zpd"))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.get_logger("hf_zpd.trainer").addHandler(caplog.handler)
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert "has no curriculum state" in caplog.text
+    assert sorted(trainer.curriculum.zones) == [1, 2]
+    assert trainer.state.global_step == 18
+
+
+def test_resume_refuses_state_of_another_dataset_size(tokenizer, tmp_path):
+    trainer = gpt2_trainer(tokenizer, config(tmp_path, "full", save_strategy="epoch"))
+    trainer.train()
+    other = gpt2_trainer(tokenizer, config(tmp_path, "other"), num_examples=40)
+    with pytest.raises(ValueError, match="written for a training set of 48 examples, but the training set now has 40"):
+        other.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-6"))
+
+
+def test_state_file_is_written_atomically_and_round_trips(tmp_path):
+    state = CurriculumState(dataset_size=5, zones={1: np.array([0, 3])}, running_loss=1.5)
+    state.epoch_metrics[1] = {"zpd/ppl": 3.0}
+    path = state.save(str(tmp_path))
+    assert os.listdir(tmp_path) == [STATE_NAME], "no temporary file may be left behind"
+    loaded = CurriculumState.load(str(tmp_path), 5)
+    np.testing.assert_array_equal(loaded.zones[1], [0, 3])
+    assert loaded.running_loss == 1.5 and loaded.epoch_metrics == {1: {"zpd/ppl": 3.0}}
+    Path(path).write_bytes(Path(path).read_bytes()[:20])
+    with pytest.raises(ValueError, match=re.escape(path) + " is unreadable"):
+        CurriculumState.load(str(tmp_path), 5)
+
+
+# ---- bad input ----
+
+
+def test_dataset_without_labels_is_refused(tokenizer, tmp_path):
+    dataset = classification_dataset(tokenizer, 16).remove_columns("label")
+    trainer = ZPDTrainer(
+        model=tiny_bert_classifier(len(tokenizer)),
+        args=config(tmp_path),
+        train_dataset=dataset,
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
+    with pytest.raises(ValueError, match="needs labels to score examples"):
+        trainer.train()
+
+
+def test_iterable_dataset_is_refused(tokenizer, tmp_path):
+    dataset = causal_lm_dataset(tokenizer, 16).to_iterable_dataset()
+    trainer = ZPDTrainer(
+        model=tiny_gpt2(len(tokenizer)),
+        args=config(tmp_path, max_steps=2),
+        train_dataset=dataset,
+        data_collator=DataCollatorForSeq2Seq(tokenizer),
+    )
+    with pytest.raises(ValueError, match="needs a map-style training dataset"):
+        trainer.train()
+
+
+@pytest.mark.parametrize("strategy", ["group_by_length", "sequential", "batch_rebalance"])
+def test_sampling_strategies_it_cannot_honour_are_refused(tokenizer, tmp_path, strategy):
+    with pytest.raises(ValueError, match=f"cannot honour train_sampling_strategy='{strategy}'"):
+        gpt2_trainer(tokenizer, config(tmp_path, train_sampling_strategy=strategy))
+
+
+def test_examples_without_supervised_tokens_never_poison_the_ppl(tokenizer, tmp_path):
+    dataset = causal_lm_dataset(tokenizer, 40, prompt_tokens=2)
+    silent = set(range(0, 40, 5))
+    dataset = dataset.map(
+        lambda row, index: {"labels": [-100] * len(row["labels"]) if index in silent else row["labels"]},
+        with_indices=True,
+    )
+    trainer = ZPDTrainer(
+        model=tiny_gpt2(len(tokenizer)),
+        args=config(tmp_path, per_device_train_batch_size=5),
+        train_dataset=dataset,
+        data_collator=DataCollatorForSeq2Seq(tokenizer),
+    )
+    trainer.train()
+    for entry in trainer.state.log_history:
+        for key, value in entry.items():
+            if key.startswith("zpd/"):
+                assert math.isfinite(value), (key, entry)
+    logs = zpd_logs(trainer)
+    assert all(log["zpd/num_no_targets"] == len(silent) for log in logs)
+    assert all(log["zpd/num_nonfinite"] == 0 for log in logs)
+    for zone in trainer.curriculum.zones.values():
+        assert not silent & set(zone.tolist())
+
+
+def test_all_examples_without_targets_fail_clearly(tokenizer, tmp_path):
+    dataset = causal_lm_dataset(tokenizer, 16).map(lambda row: {"labels": [-100] * len(row["labels"])})
+    trainer = ZPDTrainer(
+        model=tiny_gpt2(len(tokenizer)),
+        args=config(tmp_path, num_train_epochs=2),
+        train_dataset=dataset,
+        data_collator=DataCollatorForSeq2Seq(tokenizer),
+    )
+    with pytest.raises(RuntimeError, match="16 have no supervised token"):
+        trainer.train()
+
+
+def test_nonfinite_logits_are_excluded_and_counted(tokenizer, tmp_path):
+    """Examples whose logits are NaN in the scoring pass are counted and never selected."""
+    dataset = classification_dataset(tokenizer, 40)
+    poisoned = {3, 17, 22}
+    dataset = dataset.map(lambda row, index: {"poisoned": int(index in poisoned)}, with_indices=True)
+    model = tiny_bert_classifier(len(tokenizer))
+    marks = {}
+
+    def remember(module, args, kwargs):
+        marks["rows"] = kwargs.pop("poisoned", None)
+        return args, kwargs
+
+    def poison(module, args, output):
+        if not module.training and marks["rows"] is not None:
+            output.logits[marks["rows"].bool()] = float("nan")
+        return output
+
+    model.register_forward_pre_hook(remember, with_kwargs=True)
+    model.register_forward_hook(poison)
+    trainer = ZPDTrainer(
+        model=model,
+        args=config(tmp_path, remove_unused_columns=False),
+        train_dataset=dataset,
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
+    trainer.train()
+    logs = zpd_logs(trainer)
+    assert all(log["zpd/num_nonfinite"] == 3 for log in logs)
+    assert all(math.isfinite(log["zpd/ppl"]) for log in logs)
+    for zone in trainer.curriculum.zones.values():
+        assert not poisoned & set(zone.tolist())
+
+
+def test_training_batch_with_nonfinite_logits_does_not_poison_running_ppl(tokenizer, tmp_path):
+    trainer = ZPDTrainer(
+        model=tiny_bert_classifier(len(tokenizer)),
+        args=config(tmp_path),
+        train_dataset=classification_dataset(tokenizer, 16),
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
+
+    def overflow(module, args, output):
+        output.logits[:2] = float("inf")
+
+    handle = trainer.model.register_forward_hook(overflow)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(6)])
+    trainer.model.train()
+    trainer.compute_loss(trainer.model, dict(batch))
+    handle.remove()
+    window = dict(zip(("loss_sum", "num_tokens"), trainer._window[:2].tolist()))
+    assert trainer._window[6].item() == 2  # two non-finite examples counted
+    assert trainer._window[5].item() == 4  # four finite ones averaged
+    assert math.isfinite(window["loss_sum"]) and window["num_tokens"] == 4
+
+
+def test_model_without_logits_is_refused(tokenizer, tmp_path):
+    class LossOnly(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids=None, attention_mask=None, labels=None):
+            return {"loss": self.inner(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss}
+
+    trainer = ZPDTrainer(
+        model=LossOnly(tiny_bert_classifier(len(tokenizer))),
+        args=config(tmp_path),
+        train_dataset=classification_dataset(tokenizer, 16),
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
+    with pytest.raises(ValueError, match="needs the model's logits"):
+        trainer.train()
+
+
+def test_reserved_index_column_is_refused(tokenizer, tmp_path):
+    dataset = causal_lm_dataset(tokenizer, 8).add_column("zpd_index", list(range(8)))
+    trainer = ZPDTrainer(
+        model=tiny_gpt2(len(tokenizer)),
+        args=config(tmp_path),
+        train_dataset=dataset,
+        data_collator=DataCollatorForSeq2Seq(tokenizer),
+    )
+    with pytest.raises(ValueError, match="already has a column named 'zpd_index'"):
+        trainer.train()
+
+
+def test_torch_map_style_dataset_of_dicts(tokenizer, tmp_path):
+    """A plain torch Dataset (not datasets.Dataset) gets its index through a wrapper."""
+    rows = [dict(row) for row in causal_lm_dataset(tokenizer, 24)]
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(rows)
+
+        def __getitem__(self, index):
+            return rows[index]
+
+    trainer = ZPDTrainer(
+        model=tiny_gpt2(len(tokenizer)),
+        args=config(tmp_path),
+        train_dataset=Rows(),
+        data_collator=DataCollatorForSeq2Seq(tokenizer),
+    )
+    trainer.train()
+    assert np.isfinite(trainer.curriculum.latest_scores.loss).all()
+
+
+def test_run_scoring_pass_gathers_in_dataset_order_on_one_process(tokenizer):
+    """The function on its own, with a real accelerator and an index order that is not the dataset order."""
+    from accelerate import Accelerator
+
+    model = tiny_gpt2(len(tokenizer))
+    dataset = causal_lm_dataset(tokenizer, 10).add_column("zpd_index", list(range(10)))
+    collator = DataCollatorForSeq2Seq(tokenizer)
+
+    def forward(model, batch):
+        from hf_zpd.statistics import align_causal_labels, per_example_statistics
+
+        labels = batch.pop("labels")
+        logits, labels = align_causal_labels(model(**batch).logits, labels)
+        return per_example_statistics(logits, labels)
+
+    table, seconds = run_scoring_pass(
+        model, dataset, [[7, 2, 9], [0, 5]], collator, forward, Accelerator(cpu=True), 10, show_progress=False
+    )
+    assert seconds > 0
+    assert np.isnan(table.loss[[1, 3, 4, 6, 8]]).all()
+    assert np.isfinite(table.loss[[0, 2, 5, 7, 9]]).all()
