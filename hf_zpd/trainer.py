@@ -315,7 +315,7 @@ class ZPDTrainer(Trainer):
             self._fold_running_loss()
             window = self.accelerator.reduce(self._window.clone(), reduction="sum").cpu().tolist()
             self._window.zero_()
-            totals = dict(zip(_WINDOW_FIELDS, window))
+            totals = dict(zip(_WINDOW_FIELDS, window, strict=True))
             logs["zpd/running_ppl"] = self._running_ppl()
             if totals["num_tokens"] > 0:
                 logs["zpd/train_loss"] = totals["loss_sum"] / totals["num_tokens"]

@@ -501,7 +501,7 @@ def test_training_batch_with_nonfinite_logits_does_not_poison_running_ppl(tokeni
     trainer.model.train()
     trainer.compute_loss(trainer.model, dict(batch))
     handle.remove()
-    window = dict(zip(("loss_sum", "num_tokens"), trainer._window[:2].tolist()))
+    window = dict(zip(("loss_sum", "num_tokens"), trainer._window[:2].tolist(), strict=True))
     assert trainer._window[6].item() == 2  # two non-finite examples counted
     assert trainer._window[5].item() == 4  # four finite ones averaged
     assert math.isfinite(window["loss_sum"]) and window["num_tokens"] == 4

@@ -67,7 +67,7 @@ def test_loss_and_gradients_equal_plain_trainer(name, accumulation, smoothing, t
     zpd, zpd_losses, zpd_gradients = run_micro_batches(
         ZPDTrainer, copy.deepcopy(model), dataset, collator, tmp_path, accumulation, smoothing
     )
-    for plain, ours in zip(plain_losses, zpd_losses):
+    for plain, ours in zip(plain_losses, zpd_losses, strict=True):
         assert torch.equal(plain, ours), f"loss {ours.item()} != Trainer's {plain.item()}"
     assert plain_gradients.keys() == zpd_gradients.keys()
     for key in plain_gradients:
@@ -80,7 +80,7 @@ def test_loss_and_gradients_equal_plain_trainer(name, accumulation, smoothing, t
 def reference_statistics(logits, labels):
     """Naive per-example loop in float64."""
     rows = []
-    for example_logits, example_labels in zip(logits.double(), labels):
+    for example_logits, example_labels in zip(logits.double(), labels, strict=True):
         kept = example_labels != -100
         probabilities = torch.softmax(example_logits[kept], dim=-1)
         targets = example_labels[kept]
