@@ -64,6 +64,14 @@ class ScoreTable:
     def competence(self, weights: tuple[float, float, float]) -> np.ndarray:
         return competence(self.loss, self.confidence, self.entropy, self.vocab_size, weights)
 
+    def checksum(self) -> list[float]:
+        """Cheap fingerprint (per-column sums over scored rows, and the scored count) to compare across processes."""
+        scored = ~np.isnan(self.num_tokens)
+        columns = (self.loss, self.confidence, self.entropy, self.num_tokens)
+        return [
+            float(np.nan_to_num(column[scored], nan=-1.0, posinf=-2.0, neginf=-3.0).sum()) for column in columns
+        ] + [float(scored.sum())]
+
     def finite(self) -> np.ndarray:
         """True where every statistic of an example is finite (so it was scored and had supervised positions)."""
         return np.isfinite(self.loss) & np.isfinite(self.confidence) & np.isfinite(self.entropy)
@@ -174,4 +182,23 @@ def run_scoring_pass(
     index = gathered[:, 0].long().numpy()
     stats = ExampleStatistics(gathered[:, 1], gathered[:, 2], gathered[:, 3], gathered[:, 4], vocab_size)
     table.fill(index, stats)
+    assert_same_on_every_process(table.checksum(), "scoring table", accelerator)
     return table, time.perf_counter() - start
+
+
+def assert_same_on_every_process(values: list[float], what: str, accelerator: Accelerator) -> None:
+    """Raises on every process if `values` differ between processes, instead of letting them draw different epochs.
+
+    The draw is a pure function of the scores, so processes holding different tables would silently train on
+    different curricula (and, under DDP, hang or diverge).
+    """
+    if accelerator.num_processes == 1:
+        return
+    local = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    gathered = accelerator.gather(local[None, :]).cpu()
+    if not bool((gathered == gathered[0]).all()):
+        raise RuntimeError(
+            f"The {what} differs between processes (checksums per process: {gathered.tolist()}). Every process "
+            "must hold the same training set in the same order: build it the same way on every process, with a "
+            "fixed seed for any shuffle."
+        )

@@ -7,6 +7,7 @@ curriculum runs from a callback at epoch boundaries; the sampler is hooked in th
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Mapping
@@ -25,7 +26,13 @@ from .band import ZoneSelection, log_difficulty, minimum_zone_size, select_zone
 from .config import ZPDConfig
 from .curriculum import CurriculumState
 from .sampler import ZPDSampler, samples_per_epoch
-from .scoring import INDEX_COLUMN, ScoreTable, length_grouped_batches, run_scoring_pass
+from .scoring import (
+    INDEX_COLUMN,
+    ScoreTable,
+    assert_same_on_every_process,
+    length_grouped_batches,
+    run_scoring_pass,
+)
 from .statistics import ExampleStatistics, align_causal_labels, competence, per_example_statistics
 
 logger = logging.get_logger(__name__)
@@ -35,6 +42,13 @@ _CAUSAL_LM_CLASS_NAMES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 # Layout of the per-process accumulators filled by `compute_loss` during training.
 _WINDOW_FIELDS = ("loss_sum", "num_tokens", "confidence", "entropy", "competence", "num_examples", "num_nonfinite")
+
+
+def _dataset_sketch(dataset) -> list[float]:
+    """The size and a hash of three rows: enough to catch processes that built different training sets."""
+    size = len(dataset)
+    rows = repr([dataset[index] for index in sorted({0, size // 2, size - 1})])
+    return [float(size), float(int(hashlib.sha256(rows.encode()).hexdigest()[:12], 16))]
 
 
 class _IndexedDataset(Dataset):
@@ -341,6 +355,7 @@ class ZPDTrainer(Trainer):
                 )
         if self.curriculum is None:
             self.curriculum = CurriculumState(dataset_size=dataset_size)
+        assert_same_on_every_process(_dataset_sketch(self.train_dataset), "training set", self.accelerator)
         # The epoch to resume in, by the Trainer's own formula (`_init_training_state`).
         num_batches = len(train_dataloader)
         accumulation = self.args.gradient_accumulation_steps

@@ -1,0 +1,139 @@
+"""A training job run by `tests/test_multiprocess.py` under `torchrun --nproc_per_node 2` (gloo on CPU).
+
+Each process writes what it saw to `OUT/rank{RANK}.json`: the zones, the scores, the global draws and the indices
+its own batches held, the learning-rate schedule, the final weights' digest, and the same after a resume.
+
+    torchrun --nproc_per_node 2 tests/multiprocess_worker.py OUT_DIR
+"""
+
+import hashlib
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from builders import build_tokenizer, causal_lm_dataset, tiny_gpt2
+from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+from hf_zpd import ZPDConfig, ZPDTrainer
+
+NUM_EXAMPLES = 44  # 11 batches of 4: not a multiple of 2 processes, so accelerate pads the last global batch
+
+
+def arguments(output_dir: str, cls=ZPDConfig, **overrides):
+    values = dict(
+        output_dir=output_dir,
+        num_train_epochs=3,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=5,
+        learning_rate=5e-3,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=4,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=11,
+    )
+    if cls is ZPDConfig:
+        values.update(score_before_training=True, replay_fraction=0.2)
+    values.update(overrides)
+    return cls(**values)
+
+
+class RecordingZPDTrainer(ZPDTrainer):
+    """Records the example indices of every training batch this process computes a loss on."""
+
+    seen: dict
+    tables: dict
+
+    def _choose_zone(self, epoch):
+        super()._choose_zone(epoch)
+        table = self.curriculum.latest_scores
+        self.tables.setdefault(
+            epoch, {name: getattr(table, name).tolist() for name in ("loss", "confidence", "entropy", "num_tokens")}
+        )
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        if model.training:
+            epoch = self._zpd_epoch
+            self.seen.setdefault(epoch, []).extend(inputs["zpd_index"].tolist())
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+
+def build(trainer_class, args, tokenizer, data_seed=0):
+    trainer = trainer_class(
+        model=tiny_gpt2(len(tokenizer), seed=5),
+        args=args,
+        train_dataset=causal_lm_dataset(tokenizer, NUM_EXAMPLES, seed=data_seed, prompt_tokens=2),
+        data_collator=DataCollatorForSeq2Seq(tokenizer),
+    )
+    trainer.seen, trainer.tables = {}, {}
+    return trainer
+
+
+def digest(model) -> str:
+    hasher = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        hasher.update(name.encode())
+        hasher.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return hasher.hexdigest()
+
+
+def learning_rates(trainer):
+    return [(entry["step"], entry["learning_rate"]) for entry in trainer.state.log_history if "learning_rate" in entry]
+
+
+def main(out_dir: str) -> None:
+    tokenizer = build_tokenizer()
+    # Processes that built different training sets must fail loudly, on every process, before any step.
+    rank = int(os.environ["RANK"])
+    mismatched = build(RecordingZPDTrainer, arguments(os.path.join(out_dir, "mismatch")), tokenizer, data_seed=rank)
+    try:
+        mismatched.train()
+        mismatch_error = None
+    except RuntimeError as error:
+        mismatch_error = str(error)
+
+    full = build(RecordingZPDTrainer, arguments(os.path.join(out_dir, "full")), tokenizer)
+    full.train()
+    rank, world_size = full.args.process_index, full.args.world_size
+    record = {
+        "world_size": world_size,
+        "distributed_type": str(full.accelerator.distributed_type),
+        "zones": {epoch: zone.tolist() for epoch, zone in full.curriculum.zones.items()},
+        "draws": {epoch: full._zpd_sampler.epoch_indices(epoch).tolist() for epoch in range(3)},
+        "seen": full.seen,
+        "learning_rates": learning_rates(full),
+        "global_step": full.state.global_step,
+        "digest": digest(full.model),
+        "zpd_logs": [entry for entry in full.state.log_history if "zpd/epoch" in entry],
+        "tables": full.tables,
+        "mismatch_error": mismatch_error,
+    }
+
+    plain = build(Trainer, arguments(os.path.join(out_dir, "plain"), cls=TrainingArguments), tokenizer)
+    plain.train()
+    record["plain_learning_rates"] = learning_rates(plain)
+    record["plain_global_step"] = plain.state.global_step
+
+    # 6 steps per epoch: resume mid-epoch 0 (step 4), mid-epoch 1 (step 8), and on epoch 1's last step (12).
+    record["resumed"] = {}
+    for step in (4, 8, 12):
+        checkpoint = os.path.join(out_dir, "full", f"checkpoint-{step}")
+        resumed = build(RecordingZPDTrainer, arguments(os.path.join(out_dir, f"resumed-{step}")), tokenizer)
+        resumed.train(resume_from_checkpoint=checkpoint)
+        record["resumed"][step] = {
+            "digest": digest(resumed.model),
+            "zones": {epoch: zone.tolist() for epoch, zone in resumed.curriculum.zones.items()},
+            "seen": resumed.seen,
+        }
+    dist.barrier()
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
+        json.dump(record, handle)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main(sys.argv[1])

@@ -1,0 +1,108 @@
+"""Two real processes (torchrun, gloo on CPU): the same curriculum as one process, disjoint draws, bitwise resume.
+
+One torchrun launch runs `multiprocess_worker.py`; the tests below read what each rank recorded.
+`accelerate launch --cpu --num_processes 2` silently starts ONE process in accelerate 1.15, hence torchrun, and
+hence the world-size assertion.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from builders import build_tokenizer
+from multiprocess_worker import NUM_EXAMPLES, RecordingZPDTrainer, arguments, build
+
+TESTS = Path(__file__).resolve().parent
+BATCH = 4
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("two_processes")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    command += [str(TESTS / "multiprocess_worker.py"), str(out)]
+    result = subprocess.run(command, env=env, cwd=TESTS, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(2)]
+
+
+def test_two_gloo_processes_ran(ranks):
+    assert [rank["world_size"] for rank in ranks] == [2, 2]
+    assert all(rank["distributed_type"] == "DistributedType.MULTI_CPU" for rank in ranks)
+
+
+def test_gathered_scores_equal_one_process_scores(ranks, tmp_path):
+    """Boundary 0 scores the initial weights, so 1 and 2 processes must agree to float tolerance."""
+    single = build(RecordingZPDTrainer, arguments(str(tmp_path), max_steps=1), build_tokenizer())
+    single.train()
+    assert single.args.world_size == 1
+    for name in ("loss", "confidence", "entropy", "num_tokens"):
+        for rank in ranks:
+            np.testing.assert_allclose(rank["tables"]["0"][name], single.tables[0][name], rtol=0, atol=1e-5)
+    assert not np.isnan(single.tables[0]["loss"]).any(), "every example must be scored exactly once"
+
+
+def test_every_rank_holds_the_same_tables_and_zones(ranks):
+    assert ranks[0]["tables"] == ranks[1]["tables"]
+    assert ranks[0]["zones"] == ranks[1]["zones"]
+    assert ranks[0]["draws"] == ranks[1]["draws"]
+    assert sorted(ranks[0]["zones"]) == ["0", "1", "2"]
+
+
+def test_ranks_draw_disjoint_shares_of_the_epoch_draw(ranks):
+    """Rank r trains on global batches r, r + 2, ...; together they are the epoch's draw, each position once.
+
+    With 44 samples in batches of 4 there are 11 global batches: accelerate's even_batches completes the 12th
+    with the draw's first samples, exactly as for the plain Trainer.
+    """
+    for epoch, draw in ranks[0]["draws"].items():
+        assert len(draw) == NUM_EXAMPLES
+        batches = [draw[i : i + BATCH] for i in range(0, len(draw), BATCH)]
+        batches.append(draw[:BATCH])  # even_batches padding
+        for rank, record in enumerate(ranks):
+            expected = [index for batch in batches[rank::2] for index in batch]
+            assert record["seen"][epoch] == expected, f"epoch {epoch}, rank {rank}"
+        real_positions = sum(len(b) for b in batches[:-1])
+        assert real_positions == len(draw)  # each position of the draw goes to exactly one rank
+
+
+def test_epoch_draws_come_from_the_zone_and_replay(ranks):
+    zones = ranks[0]["zones"]
+    for epoch, draw in ranks[0]["draws"].items():
+        in_zone = sum(index in set(zones[epoch]) for index in draw)
+        # replay_fraction=0.2: round(0.2 * 44) = 9 draws from the whole set, the other 35 from the zone.
+        assert in_zone >= NUM_EXAMPLES - 9
+
+
+def test_schedule_and_steps_equal_plain_trainer(ranks):
+    for rank in ranks:
+        assert rank["global_step"] == rank["plain_global_step"] == 18
+        assert rank["learning_rates"] == rank["plain_learning_rates"]
+
+
+def test_resume_mid_epoch_with_two_processes_is_bitwise_identical(ranks):
+    for rank in ranks:
+        for step, resumed in rank["resumed"].items():
+            assert resumed["digest"] == rank["digest"], f"resumed from checkpoint-{step}"
+            assert resumed["zones"] == rank["zones"], f"resumed from checkpoint-{step}"
+
+
+def test_processes_with_different_training_sets_fail_loudly(ranks):
+    for rank in ranks:
+        assert rank["mismatch_error"] is not None
+        assert "training set differs between processes" in rank["mismatch_error"]
