@@ -68,7 +68,8 @@ def minimum_zone_size(pool_size: int, min_zone_fraction: float, global_batch_siz
     The global-batch floor exists because on a near-untrained model the band can hold a single example, and a bare
     percentage floor of a small pool would then train whole epochs on a handful of examples.
     """
-    return max(math.ceil(min_zone_fraction * pool_size), global_batch_size, 1)
+    # round() drops floating-point noise first: 100 * 0.07 is 7.000000000000001, and means 7.
+    return max(math.ceil(round(min_zone_fraction * pool_size, 9)), global_batch_size, 1)
 
 
 def select_zone(

@@ -18,7 +18,12 @@ def samples_per_epoch(dataset_size: int, epoch_fraction: float = 1.0) -> int:
     """`ceil(dataset_size * epoch_fraction)`, at least 1: the fixed length of every epoch."""
     if dataset_size < 1:
         raise ValueError("The training dataset is empty: there is nothing to draw an epoch from.")
-    return max(1, math.ceil(dataset_size * epoch_fraction))
+    return max(1, exact_ceil(dataset_size * epoch_fraction))
+
+
+def exact_ceil(value: float) -> int:
+    """`ceil` that ignores floating-point noise: 100 * 0.07 is 7.000000000000001, and means 7."""
+    return math.ceil(round(value, 9))
 
 
 def _cycle_permutations(population: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -67,6 +72,8 @@ def draw_epoch(
 
     ```
     """
+    if dataset_size < 1:
+        raise ValueError("The training dataset is empty: there is nothing to draw an epoch from.")
     rng = np.random.default_rng([seed, epoch])
     everything = np.arange(dataset_size, dtype=np.int64)
     if zone is None:

@@ -124,6 +124,14 @@ class ZPDTrainer(Trainer):
                 "epoch from the ZPD band with its own shuffled sampler. Use train_sampling_strategy='random' (the "
                 "default), or the plain Trainer for length-grouped or sequential order."
             )
+        launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched_processes > 1 and args.world_size == 1:
+            raise ValueError(
+                f"The launcher started {launched_processes} processes (WORLD_SIZE={launched_processes}), but each "
+                "sees a world size of 1, so they would train independent copies that overwrite each other's "
+                "checkpoints and curricula. On a machine without GPUs pass --use_cpu (TrainingArguments.use_cpu=True) "
+                "so that the processes join one gloo process group."
+            )
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
         self.args: ZPDConfig
         self.curriculum: CurriculumState | None = None

@@ -580,3 +580,12 @@ def test_run_scoring_pass_gathers_in_dataset_order_on_one_process(tokenizer):
     assert seconds > 0
     assert np.isnan(table.loss[[1, 3, 4, 6, 8]]).all()
     assert np.isfinite(table.loss[[0, 2, 5, 7, 9]]).all()
+
+
+def test_launcher_processes_that_did_not_join_a_group_are_refused(tokenizer, tmp_path, monkeypatch):
+    """torchrun/accelerate started 2 processes but the Trainer sees 1 (no --use_cpu on a CPU machine)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[])
+    assert args.world_size == 1
+    with pytest.raises(ValueError, match="pass --use_cpu"):
+        gpt2_trainer(tokenizer, args)
