@@ -8,6 +8,7 @@ curriculum runs from a callback at epoch boundaries; the sampler is hooked in th
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from collections.abc import Mapping
@@ -19,7 +20,8 @@ import torch
 from torch.utils.data import Dataset, IterableDataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, has_length
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 from transformers.utils import logging
 
 from .band import ZoneSelection, log_difficulty, minimum_zone_size, select_zone
@@ -42,6 +44,29 @@ _CAUSAL_LM_CLASS_NAMES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 # Layout of the per-process accumulators filled by `compute_loss` during training.
 _WINDOW_FIELDS = ("loss_sum", "num_tokens", "confidence", "entropy", "competence", "num_examples", "num_nonfinite")
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The highest-numbered `checkpoint-N` folder in `output_dir` that the Trainer finished writing.
+
+    `trainer_state.json` is the last file `Trainer._save_checkpoint` writes (transformers 5.24), so a folder with a
+    readable one is complete. Incomplete folders (a run killed while saving) are skipped with a warning.
+    """
+    if not os.path.isdir(output_dir):
+        return None
+    candidates = []
+    for name in os.listdir(output_dir):
+        prefix, _, step = name.partition("-")
+        if prefix == PREFIX_CHECKPOINT_DIR and step.isdigit() and os.path.isdir(os.path.join(output_dir, name)):
+            candidates.append((int(step), os.path.join(output_dir, name)))
+    for _, folder in sorted(candidates, reverse=True):
+        try:
+            with open(os.path.join(folder, TRAINER_STATE_NAME)) as handle:
+                json.load(handle)
+            return folder
+        except (OSError, ValueError):
+            logger.warning(f"Skipping {folder}: it has no readable {TRAINER_STATE_NAME} (a save was interrupted).")
+    return None
 
 
 def _dataset_sketch(dataset) -> list[float]:
@@ -147,12 +172,20 @@ class ZPDTrainer(Trainer):
     # ---- Data: the index column and the sampler ----
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
-        # Resolve the checkpoint as `Trainer.train` does, to read the curriculum state from the same folder.
+        """[`~transformers.Trainer.train`], where `resume_from_checkpoint=True` takes the last *complete* checkpoint.
+
+        The Trainer would take the highest-numbered folder, which a run killed while saving leaves incomplete.
+        """
         checkpoint = resume_from_checkpoint
-        if isinstance(checkpoint, bool):
-            checkpoint = get_last_checkpoint(self.args.output_dir) if checkpoint else None
+        if checkpoint is True:
+            checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if checkpoint is None:
+                raise ValueError(f"No complete checkpoint found in output directory ({self.args.output_dir})")
+        elif checkpoint is False:
+            checkpoint = None
+        # Resolved here, not in Trainer.train, so that the curriculum state is read from the same folder.
         self._zpd_resume_from = checkpoint
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        return super().train(checkpoint, *args, **kwargs)
 
     def _indexed_train_dataset(self) -> Dataset:
         dataset = self.train_dataset

@@ -589,3 +589,23 @@ def test_launcher_processes_that_did_not_join_a_group_are_refused(tokenizer, tmp
     assert args.world_size == 1
     with pytest.raises(ValueError, match="pass --use_cpu"):
         gpt2_trainer(tokenizer, args)
+
+
+def test_empty_dataset_is_refused(tokenizer, tmp_path):
+    empty = causal_lm_dataset(tokenizer, 4).select([])
+    trainer = ZPDTrainer(
+        model=tiny_gpt2(len(tokenizer)),
+        args=config(tmp_path),
+        train_dataset=empty,
+        data_collator=DataCollatorForSeq2Seq(tokenizer),
+    )
+    with pytest.raises(ValueError, match="The training dataset is empty"):
+        trainer.train()
+
+
+def test_dataset_of_one_example(tokenizer, tmp_path):
+    trainer = gpt2_trainer(tokenizer, config(tmp_path), num_examples=1)
+    output = trainer.train()
+    assert output.global_step == 3
+    assert {epoch: zone.tolist() for epoch, zone in trainer.curriculum.zones.items()} == {1: [0], 2: [0]}
+    assert all(log["zpd/num_selected"] == 1 for log in zpd_logs(trainer))
