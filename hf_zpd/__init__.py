@@ -7,6 +7,7 @@ learn. See METHOD in the README for the formulas.
 from .band import ZoneSelection, select_zone
 from .config import ZPDConfig
 from .curriculum import CurriculumState
+from .record import CurriculumRecord, load_curriculum
 from .sampler import ZPDSampler, draw_epoch, samples_per_epoch
 from .scoring import ScoreTable
 from .statistics import ExampleStatistics, competence, per_example_statistics
@@ -15,6 +16,7 @@ from .trainer import ZPDTrainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "CurriculumRecord",
     "CurriculumState",
     "ExampleStatistics",
     "ScoreTable",
@@ -24,6 +26,7 @@ __all__ = [
     "ZoneSelection",
     "competence",
     "draw_epoch",
+    "load_curriculum",
     "per_example_statistics",
     "samples_per_epoch",
     "select_zone",

@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -58,6 +59,16 @@ class ZPDConfig(TrainingArguments):
         memory at `statistics_chunk_size x vocab` floats.
     running_ppl_decay (`float`, *optional*, defaults to `0.9`):
         Decay of the exponential moving average of the training loss behind `zpd/running_ppl`.
+
+    > Curriculum record
+
+    replay_curriculum (`str` or `None`, *optional*, defaults to `None`):
+        Train by following a saved curriculum exactly, with no scoring pass: a record file (`.parquet`), a folder
+        holding `zpd_curriculum.parquet` (a run's `output_dir` or a checkpoint), or a Hub dataset repo id pushed with
+        [`ZPDTrainer.push_curriculum_to_hub`]. Every epoch draws from the recorded zone, so on the same training set
+        and with the same `seed` (or `data_seed`), `epoch_fraction`, `replay_fraction` and `score_before_training`
+        the run makes the same draws as the recorded one; a different training set (size or ids) or any of those
+        settings changed is refused at train start. The band settings are then unused.
     """
 
     band_lower: float = field(
@@ -117,6 +128,14 @@ class ZPDConfig(TrainingArguments):
         default=0.9,
         metadata={"help": "Decay of the moving average of training losses behind zpd/running_ppl, in [0, 1)."},
     )
+    replay_curriculum: str | None = field(
+        default=None,
+        metadata={
+            "help": "Follow a saved curriculum exactly, with no scoring pass: a record file, a folder holding "
+            "zpd_curriculum.parquet, or a Hub dataset repo id. The training set, seed, epoch_fraction, "
+            "replay_fraction and score_before_training must match the record's."
+        },
+    )
 
     def __post_init__(self):
         self._validate_zpd_fields()
@@ -169,6 +188,14 @@ class ZPDConfig(TrainingArguments):
             )
         if not 0 <= self.running_ppl_decay < 1:
             fail("running_ppl_decay", f"must be in [0, 1), got {self.running_ppl_decay}", "The default is 0.9.")
+        if self.replay_curriculum is not None:
+            if not isinstance(self.replay_curriculum, (str, os.PathLike)) or not str(self.replay_curriculum).strip():
+                fail(
+                    "replay_curriculum",
+                    f"must be a path or a Hub dataset repo id, got {self.replay_curriculum!r}",
+                    "Leave it unset to choose zones by scoring.",
+                )
+            self.replay_curriculum = os.fspath(self.replay_curriculum)
 
     @property
     def effective_competence_weights(self) -> tuple[float, float, float]:

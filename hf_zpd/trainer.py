@@ -11,12 +11,16 @@ import hashlib
 import json
 import math
 import os
+import re
+import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
 import torch
+from huggingface_hub import ModelCard
 from torch.utils.data import Dataset, IterableDataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -27,6 +31,15 @@ from transformers.utils import logging
 from .band import ZoneSelection, log_difficulty, minimum_zone_size, select_zone
 from .config import ZPDConfig
 from .curriculum import CurriculumState
+from .record import (
+    RECORD_NAME,
+    CurriculumRecord,
+    ScoreHistory,
+    detect_id_column,
+    load_curriculum,
+    read_example_ids,
+    render_model_card_section,
+)
 from .sampler import ZPDSampler, samples_per_epoch
 from .scoring import (
     INDEX_COLUMN,
@@ -113,6 +126,9 @@ class _CurriculumCallback(TrainerCallback):
 
     def on_epoch_end(self, args, state, control, **kwargs):
         self.trainer._end_epoch()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trainer._end_curriculum_record()
 
 
 class ZPDTrainer(Trainer):
@@ -402,6 +418,7 @@ class ZPDTrainer(Trainer):
         accumulation = self.args.gradient_accumulation_steps
         steps_per_epoch = max(num_batches // accumulation + int(num_batches % accumulation > 0), 1)
         self._zpd_epoch = self.state.global_step // steps_per_epoch
+        self._begin_curriculum_record()
 
     def _begin_epoch(self) -> None:
         epoch = self._zpd_epoch
@@ -444,6 +461,7 @@ class ZPDTrainer(Trainer):
             metrics["zpd/scoring_seconds"] = seconds
             metrics.update(progress)
         curriculum.epoch_metrics[epoch] = metrics
+        self._zpd_history.remember(epoch, curriculum.latest_scores_epoch, curriculum.latest_scores)
         self.log(dict(metrics))
 
     def _select(self, table: ScoreTable, pool: np.ndarray) -> ZoneSelection:
@@ -590,4 +608,228 @@ class ZPDTrainer(Trainer):
                     self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
                 )
                 self.curriculum.save(folder)
+                self._save_curriculum_record(folder)
         super()._save_checkpoint(model, trial)
+
+    # ---- The curriculum as data ----
+    # The record (hf_zpd/record.py) is built on demand from `self.curriculum` (zones, epoch metrics) and
+    # `self._zpd_history` (every scoring pass, remembered by `_choose_zone`), and written as `zpd_curriculum.parquet`
+    # into each checkpoint (`_save_checkpoint`) and into output_dir at the end of training (`on_train_end`).
+
+    curriculum_id_column: str | None = None
+    """The training set's column of stable example ids stored in the record; `None` detects a column named `id`,
+    `idx`, `example_id` or `guid`. Set it on the trainer before `train()` to name another."""
+
+    _zpd_history: ScoreHistory | None = None
+    _zpd_replayed: CurriculumRecord | None = None
+    _zpd_curriculum_repo_id: str | None = None
+
+    def curriculum_record(self, id_column: str | None = None) -> CurriculumRecord:
+        """The run's curriculum so far as a [`CurriculumRecord`]: every zone, the scores behind it, the settings.
+
+        Args:
+            id_column (`str`, *optional*): the column of example ids; defaults to `curriculum_id_column`, then to
+                the first of `id`, `idx`, `example_id`, `guid` in the training set.
+        """
+        if self.curriculum is None:
+            raise ValueError(
+                "This trainer has no curriculum yet: call train() first, or read a saved one with "
+                "hf_zpd.load_curriculum(path_or_repo_id)."
+            )
+        if self._zpd_replayed is not None:
+            settings = dict(self._zpd_replayed.settings, replayed_from=self.args.replay_curriculum)
+        else:
+            settings = self._record_settings()
+        column = detect_id_column(self.train_dataset, id_column or self.curriculum_id_column)
+        return CurriculumRecord(
+            settings=settings,
+            zones=dict(self.curriculum.zones),
+            history=self._zpd_history if self._zpd_history is not None else ScoreHistory(),
+            epoch_metrics={epoch: dict(metrics) for epoch, metrics in self.curriculum.epoch_metrics.items()},
+            example_ids=read_example_ids(self.train_dataset, column) if column is not None else None,
+            id_column=column,
+        )
+
+    def save_curriculum(self, path: str | None = None, id_column: str | None = None) -> str:
+        """Writes the curriculum record (atomically) and returns its path; only the main process writes.
+
+        Args:
+            path (`str`, *optional*, defaults to `args.output_dir`):
+                A folder (it gets `zpd_curriculum.parquet`) or a file name ending in `.parquet`.
+            id_column (`str`, *optional*): see [`~ZPDTrainer.curriculum_record`].
+        """
+        path = os.fspath(path if path is not None else self.args.output_dir)
+        record = self.curriculum_record(id_column)
+        if not path.endswith(".parquet"):
+            path = os.path.join(path, RECORD_NAME)
+        if self.args.should_save:
+            record.save(path)
+        return path
+
+    def curated_dataset(self, epoch: int | None = None, id_column: str | None = None) -> datasets.Dataset:
+        """The training examples `epoch` selected (all epochs' when `None`) with their scores, as a `datasets.Dataset`.
+
+        The examples keep their own columns and gain `zpd_epoch`, `zpd_example_index`, `zpd_in_band`, `zpd_loss`,
+        `zpd_confidence`, `zpd_entropy`, `zpd_competence`, `zpd_difficulty` and `zpd_num_tokens`; `save_to_disk`,
+        `push_to_hub` and `load_dataset` read it back like any dataset.
+        """
+        return self.curriculum_record(id_column).curated_dataset(self.train_dataset, epoch)
+
+    def default_curriculum_repo_id(self) -> str:
+        """The model's repo id, derived as `Trainer.init_hf_repo` does (transformers 5.24), plus `-curriculum`."""
+        model_repo = self.hub_model_id or self.args.hub_model_id or Path(self.args.output_dir).absolute().name
+        return f"{model_repo}-curriculum"
+
+    def curriculum_card(self, repo_id: str | None = None, license: str | None = None, id_column: str | None = None):
+        """The dataset card (`huggingface_hub.DatasetCard`) that [`~ZPDTrainer.push_curriculum_to_hub`] pushes."""
+        return self.curriculum_record(id_column).card(
+            repo_id or self.default_curriculum_repo_id(), license=license, model_repo_id=self.hub_model_id
+        )
+
+    def push_curriculum_to_hub(
+        self,
+        repo_id: str | None = None,
+        token: str | None = None,
+        private: bool | None = None,
+        revision: str | None = None,
+        commit_message: str = "Upload ZPD curriculum",
+        license: str | None = None,
+        id_column: str | None = None,
+    ):
+        """Pushes the curriculum record and its dataset card to a Hub dataset repo; returns the `CommitInfo`.
+
+        The record is first written to `args.output_dir` (the local copy, kept if the push fails). Only the main
+        process pushes; the others return `None`.
+
+        Args:
+            repo_id (`str`, *optional*):
+                Defaults to the model's repo id (`hub_model_id`, else the name of `output_dir`, as the Trainer
+                derives it) with the suffix `-curriculum`.
+            token (`str`, *optional*): defaults to `args.hub_token`, then to the logged-in token.
+            private (`bool`, *optional*): defaults to `args.hub_private_repo`.
+            revision (`str`, *optional*): the branch to commit to.
+            commit_message (`str`, *optional*): the commit's title.
+            license (`str`, *optional*): the licence written into the card's metadata (e.g. the training data's).
+            id_column (`str`, *optional*): see [`~ZPDTrainer.curriculum_record`].
+
+        Raises:
+            `PermissionError`: the Hub refused the write (no token, or a read-only one).
+            `ConnectionError`: the Hub could not be reached, or offline mode is on.
+        """
+        if not self.is_world_process_zero():
+            return None
+        record = self.curriculum_record(id_column)
+        local_path = record.save(self.args.output_dir)
+        commit = record.push_to_hub(
+            repo_id or self.default_curriculum_repo_id(),
+            token=token if token is not None else self.args.hub_token,
+            private=private if private is not None else self.args.hub_private_repo,
+            revision=revision,
+            commit_message=commit_message,
+            license=license,
+            model_repo_id=self.hub_model_id,
+            local_path=local_path,
+        )
+        self._zpd_curriculum_repo_id = commit.repo_url.repo_id
+        logger.info(f"Pushed the curriculum to the dataset repo {self._zpd_curriculum_repo_id}.")
+        return commit
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs,
+    ):
+        """[`~transformers.Trainer.push_to_hub`]; with `args.push_to_hub=True` the curriculum goes to its own dataset
+        repo ([`~ZPDTrainer.push_curriculum_to_hub`]) first, so that the model card can link it."""
+        # Same signature as Trainer.push_to_hub (transformers 5.24), which saves the model, writes the card through
+        # `create_model_card` and uploads output_dir (the record file included, since train() wrote it there).
+        if self.args.push_to_hub and self.curriculum is not None and self.is_world_process_zero():
+            self.push_curriculum_to_hub(token=token, private=private, license=kwargs.get("license"))
+        with warnings.catch_warnings():
+            # huggingface_hub warns about "a data file in a model repository" for the record in output_dir: the copy
+            # beside the weights is intended.
+            warnings.filterwarnings(
+                "ignore", message=rf"It seems that you are about to commit a data file \({re.escape(RECORD_NAME)}\)"
+            )
+            return super().push_to_hub(commit_message, blocking, token, revision, private, **kwargs)
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """[`~transformers.Trainer.create_model_card`], plus a curriculum section and the `hf_zpd` tags."""
+        super().create_model_card(*args, **kwargs)
+        if not self.is_world_process_zero() or self.curriculum is None:
+            return
+        path = os.path.join(self.args.output_dir, "README.md")
+        card = render_model_card_section(ModelCard.load(path), self.curriculum_record(), self._zpd_curriculum_repo_id)
+        card.save(path)
+
+    def _record_settings(self) -> dict[str, Any]:
+        args, dataset = self.args, self.train_dataset
+        config = getattr(self.model, "config", None)
+        info = getattr(dataset, "info", None)
+        return {
+            "dataset_size": len(dataset),
+            "num_samples_per_epoch": samples_per_epoch(len(dataset), args.epoch_fraction),
+            "epoch_fraction": args.epoch_fraction,
+            "replay_fraction": args.replay_fraction,
+            "seed": self._curriculum_seed,
+            "score_before_training": args.score_before_training,
+            "band_lower": args.band_lower,
+            "band_upper": args.band_upper,
+            "difficulty_mode": args.difficulty_mode,
+            "competence_weights": list(args.effective_competence_weights),
+            "min_zone_fraction": args.min_zone_fraction,
+            "global_batch_size": self.get_total_train_batch_size(args),
+            "rescore_every": args.rescore_every,
+            "scoring_pool_size": args.scoring_pool_size,
+            "num_train_epochs": self.state.num_train_epochs or args.num_train_epochs,
+            "base_model": getattr(config, "_name_or_path", None) or None,
+            "source_dataset": getattr(info, "dataset_name", None) or None,
+        }
+
+    def _begin_curriculum_record(self) -> None:
+        """At train start: the score history (restored on resume), and with `replay_curriculum` the recorded zones."""
+        self._zpd_history, self._zpd_replayed = ScoreHistory(), None
+        if self._zpd_resume_from is not None:
+            # The checkpoint's record holds the scoring passes before it; a checkpoint without one (older, or of the
+            # plain Trainer) resumes with the earlier epochs' selection only (their scores are left NaN).
+            path = os.path.join(self._zpd_resume_from, RECORD_NAME)
+            if os.path.isfile(path):
+                self._zpd_history = CurriculumRecord.load(path).history
+        if self.args.replay_curriculum is None:
+            return
+        record = load_curriculum(self.args.replay_curriculum)
+        first = 0 if self.args.score_before_training else 1
+        record.check_replay(
+            dataset_size=len(self.train_dataset),
+            example_ids=lambda column: read_example_ids(self.train_dataset, column),
+            settings={
+                "epoch_fraction": self.args.epoch_fraction,
+                "replay_fraction": self.args.replay_fraction,
+                "seed": self._curriculum_seed,
+                "score_before_training": self.args.score_before_training,
+            },
+            epochs=list(range(first, self.state.num_train_epochs)),
+        )
+        for epoch, zone in self.curriculum.zones.items():  # restored from a checkpoint of an earlier replay
+            if epoch in record.zones and not np.array_equal(zone, record.zones[epoch]):
+                raise ValueError(
+                    f"The checkpoint {self._zpd_resume_from} drew epoch {epoch} from another zone than the replayed "
+                    f"curriculum {record.source}: resume it with the replay_curriculum it was trained with."
+                )
+        # Every epoch's zone is known up front, so `_begin_epoch` and `_end_epoch` never call `_choose_zone`: no
+        # scoring pass runs, and the draws are those of the recorded run.
+        self.curriculum.zones = {epoch: zone.copy() for epoch, zone in record.zones.items()}
+        self.curriculum.epoch_metrics = {epoch: dict(metrics) for epoch, metrics in record.epoch_metrics.items()}
+        self._zpd_history, self._zpd_replayed = record.history, record
+        logger.info(f"Replaying the curriculum {record.source}: epochs {sorted(record.zones)} draw from its zones.")
+
+    def _save_curriculum_record(self, folder: str) -> None:
+        self.curriculum_record().save(folder)
+
+    def _end_curriculum_record(self) -> None:
+        if self.curriculum is not None and self.args.should_save:
+            self.curriculum_record().save(self.args.output_dir)

@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import torch
 from builders import build_tokenizer
 from transformers import PreTrainedTokenizerFast
 from transformers.utils import logging as transformers_logging
@@ -10,6 +11,9 @@ from transformers.utils import logging as transformers_logging
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers_logging.set_verbosity_error()
+# The test models are tiny: a second thread only adds synchronisation, and on a shared 2-core machine spinning OpenMP
+# threads slowed whole tests tenfold.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

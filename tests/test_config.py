@@ -23,6 +23,7 @@ ZPD_DEFAULTS = {
     "scoring_batch_size": None,
     "statistics_chunk_size": 512,
     "running_ppl_decay": 0.9,
+    "replay_curriculum": None,
 }
 ZPD_FIELDS = [
     f for f in dataclasses.fields(ZPDConfig) if f.name not in {g.name for g in dataclasses.fields(TrainingArguments)}
@@ -83,6 +84,7 @@ INVALID = {
     "running_ppl_decay_one": ({"running_ppl_decay": 1.0}, "running_ppl_decay"),
     "running_ppl_decay_negative": ({"running_ppl_decay": -0.1}, "running_ppl_decay"),
     "running_ppl_decay_nan": ({"running_ppl_decay": math.nan}, "running_ppl_decay"),
+    "replay_curriculum_blank": ({"replay_curriculum": "  "}, "replay_curriculum"),
 }
 
 

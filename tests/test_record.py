@@ -1,0 +1,451 @@
+"""The curriculum as data: the record file, replay, the curated dataset, cards, and the Hub round trip (minihub)."""
+
+import json
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import huggingface_hub
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from builders import assert_bitwise_equal, causal_lm_dataset, final_weights, tiny_gpt2
+from huggingface_hub import DatasetCard, ModelCard
+from transformers import DataCollatorForSeq2Seq
+
+import hf_zpd
+from hf_zpd import CurriculumRecord, ZPDConfig, ZPDTrainer, load_curriculum
+from hf_zpd.curriculum import STATE_NAME
+from hf_zpd.record import METADATA_KEY, RECORD_FORMAT_VERSION, RECORD_NAME, ScoreHistory
+from hf_zpd.scoring import ScoreTable
+
+MINIHUB = Path(__file__).resolve().parents[2] / "shared" / "tools" / "minihub.py"
+NUM_EXAMPLES = 48
+
+
+def config(tmp_path, name="run", **overrides) -> ZPDConfig:
+    values = dict(
+        output_dir=str(tmp_path / name),
+        num_train_epochs=3,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        learning_rate=5e-3,
+        logging_steps=2,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=7,
+        replay_fraction=0.25,
+        min_zone_fraction=0.2,
+    )
+    values.update(overrides)
+    return ZPDConfig(**values)
+
+
+def dataset_with_ids(tokenizer, num_examples=NUM_EXAMPLES, ids=None):
+    """Causal-LM rows with a string `id` column, the kind of stable id the record stores."""
+    dataset = causal_lm_dataset(tokenizer, num_examples, prompt_tokens=2)
+    ids = ids if ids is not None else [f"ex-{i:03d}" for i in range(num_examples)]
+    return dataset.add_column("id", ids)
+
+
+def make_trainer(tokenizer, args, dataset=None) -> ZPDTrainer:
+    return ZPDTrainer(
+        model=tiny_gpt2(len(tokenizer)),
+        args=args,
+        train_dataset=dataset if dataset is not None else dataset_with_ids(tokenizer),
+        data_collator=DataCollatorForSeq2Seq(tokenizer),
+    )
+
+
+@pytest.fixture(scope="module")
+def recorded(tokenizer, tmp_path_factory):
+    """One real 3-epoch run (ids, replay share, a checkpoint per epoch), shared by the tests that only read it."""
+    tmp_path = tmp_path_factory.mktemp("recorded")
+    trainer = make_trainer(tokenizer, config(tmp_path, save_strategy="epoch"))
+    trainer.train()
+    return trainer, tmp_path / "run"
+
+
+# ---- the record file ----
+
+
+def test_record_round_trip(recorded):
+    trainer, output_dir = recorded
+    state = trainer.curriculum
+    path = trainer.save_curriculum(str(output_dir / "saved"))
+    assert path.endswith(RECORD_NAME) and sorted(os.listdir(output_dir / "saved")) == [RECORD_NAME]
+    record = load_curriculum(path)
+    # Zones, metrics, settings and ids come back exactly.
+    assert record.zones.keys() == state.zones.keys() == {1, 2}
+    for epoch, zone in state.zones.items():
+        np.testing.assert_array_equal(record.zones[epoch], zone)
+        assert record.zones[epoch].dtype == np.int64
+    assert record.epoch_metrics == state.epoch_metrics
+    settings = record.settings
+    assert settings["dataset_size"] == NUM_EXAMPLES and settings["seed"] == 7
+    assert (settings["band_lower"], settings["band_upper"], settings["difficulty_mode"]) == (1.1, 1.3, "composite")
+    assert settings["competence_weights"] == [0.4, 0.35, 0.25] and settings["replay_fraction"] == 0.25
+    assert record.id_column == "id" and record.example_ids[5] == "ex-005"
+    # Every scoring pass is kept (CurriculumState keeps only the last two), bitwise.
+    assert record.history.scored_at == {1: 1, 2: 2}
+    for boundary, table in ((2, state.latest_scores), (1, state.previous_scores)):
+        loaded = record.history.tables[boundary]
+        for column in ("loss", "confidence", "entropy", "num_tokens"):
+            np.testing.assert_array_equal(getattr(loaded, column), getattr(table, column))
+        assert loaded.vocab_size == table.vocab_size
+    # The rows: one per (epoch, scored example), `selected` is the zone, `in_band` is what the band held.
+    rows = pq.read_table(path).to_pandas()
+    assert len(rows) == 2 * NUM_EXAMPLES
+    for epoch in (1, 2):
+        epoch_rows = rows[rows.epoch == epoch]
+        assert sorted(epoch_rows["index"][epoch_rows.selected]) == state.zones[epoch].tolist()
+        metrics = state.epoch_metrics[epoch]
+        assert epoch_rows.in_band.sum() == metrics["zpd/num_in_band"]
+        assert (epoch_rows.selected & ~epoch_rows.in_band).sum() == metrics["zpd/num_widened"]
+        assert (epoch_rows.band_lower == metrics["zpd/band_lower"]).all()
+        assert (epoch_rows.ppl == metrics["zpd/ppl"]).all()
+        assert (epoch_rows.running_ppl == metrics["zpd/running_ppl"]).all()
+        # Difficulty and band on one scale: the in-band rows lie between the edges.
+        inside = epoch_rows[epoch_rows.in_band]
+        assert (inside.difficulty >= metrics["zpd/band_lower"] * (1 - 1e-12)).all()
+        assert (inside.difficulty <= metrics["zpd/band_upper"] * (1 + 1e-12)).all()
+    assert rows.example_id.tolist()[:2] == ["ex-000", "ex-001"]
+    assert math.exp(rows[rows.epoch == 2].loss.mean()) == pytest.approx(state.epoch_metrics[2]["zpd/ppl"])
+
+
+def test_record_written_at_train_end_and_in_every_checkpoint(recorded):
+    trainer, output_dir = recorded
+    assert (output_dir / RECORD_NAME).is_file()
+    for checkpoint in sorted(output_dir.glob("checkpoint-*")):
+        assert (checkpoint / STATE_NAME).is_file() and (checkpoint / RECORD_NAME).is_file()
+        assert not [name for name in os.listdir(checkpoint) if name.endswith(".tmp")]
+    # The checkpoint after epoch 0 already holds zone 1 (chosen at that epoch's end) and its scores.
+    first = load_curriculum(str(output_dir / "checkpoint-6"))
+    assert sorted(first.zones) == [1] and first.history.scored_at == {1: 1}
+    np.testing.assert_array_equal(first.zones[1], trainer.curriculum.zones[1])
+
+
+def test_resume_keeps_the_scores_of_earlier_epochs(tokenizer, tmp_path, recorded):
+    """A resumed run's record still has the passes before the checkpoint, read from the checkpoint's record."""
+    full_trainer, output_dir = recorded
+    resumed = make_trainer(tokenizer, config(tmp_path, "resumed", save_strategy="epoch"))
+    resumed.train(resume_from_checkpoint=str(output_dir / "checkpoint-6"))
+    expected, record = full_trainer.curriculum_record(), resumed.curriculum_record()
+    assert record.history.scored_at == expected.history.scored_at
+    for boundary, table in expected.history.tables.items():
+        np.testing.assert_array_equal(record.history.tables[boundary].loss, table.loss)
+
+
+def synthetic_record(num_examples=6) -> CurriculumRecord:
+    table = ScoreTable.empty(num_examples, vocab_size=10)
+    table.loss[:] = np.linspace(0.5, 3.0, num_examples)
+    table.confidence[:] = 0.5
+    table.entropy[:] = 0.5
+    table.num_tokens[:] = 4
+    settings = dict(
+        dataset_size=num_examples,
+        band_lower=1.1,
+        band_upper=1.3,
+        difficulty_mode="composite",
+        competence_weights=[0.4, 0.35, 0.25],
+        epoch_fraction=1.0,
+        replay_fraction=0.0,
+        seed=0,
+        score_before_training=False,
+    )
+    history = ScoreHistory()
+    history.remember(1, 1, table)
+    return CurriculumRecord(settings, zones={1: np.array([2, 4])}, history=history, epoch_metrics={1: {"zpd/ppl": 3}})
+
+
+def test_a_damaged_record_is_refused_naming_the_file(tmp_path):
+    path = synthetic_record().save(str(tmp_path))
+    assert load_curriculum(str(tmp_path)).zones[1].tolist() == [2, 4]
+    Path(path).write_bytes(Path(path).read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"The curriculum record {re.escape(path)} is unreadable"):
+        load_curriculum(path)
+
+
+def test_a_record_of_another_format_version_is_refused_naming_the_file(tmp_path):
+    table = synthetic_record().to_arrow()
+    metadata = json.loads(table.schema.metadata[METADATA_KEY])
+    metadata["format_version"] = RECORD_FORMAT_VERSION + 1
+    path = str(tmp_path / "future.parquet")
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata).encode()}), path)
+    with pytest.raises(ValueError, match=f"{re.escape(path)} has format version {RECORD_FORMAT_VERSION + 1}"):
+        load_curriculum(path)
+    plain = str(tmp_path / "plain.parquet")
+    pq.write_table(pa.table({"x": [1, 2]}), plain)
+    with pytest.raises(ValueError, match=f"{re.escape(plain)} is a parquet file but not an hf_zpd curriculum record"):
+        load_curriculum(plain)
+
+
+def test_missing_local_record_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no curriculum record"):
+        load_curriculum(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        load_curriculum(str(tmp_path / "nothing" / "here.parquet"))
+
+
+def test_no_curriculum_before_training(tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="no curriculum yet: call train"):
+        make_trainer(tokenizer, config(tmp_path)).save_curriculum()
+
+
+# ---- replay ----
+
+
+def test_replay_follows_the_record_bitwise(tokenizer, tmp_path, recorded):
+    """Same zones, same draws, bitwise-identical weights, and no scoring pass."""
+    original, output_dir = recorded
+    replay = make_trainer(tokenizer, config(tmp_path, "replay", replay_curriculum=str(output_dir)))
+
+    def no_scoring(epoch):
+        raise AssertionError("a replay must not run a scoring pass")
+
+    replay._score_pool = no_scoring
+    replay.train()
+    assert replay.curriculum.zones.keys() == original.curriculum.zones.keys()
+    for epoch, zone in original.curriculum.zones.items():
+        np.testing.assert_array_equal(replay.curriculum.zones[epoch], zone)
+        np.testing.assert_array_equal(
+            replay._zpd_sampler.epoch_indices(epoch), original._zpd_sampler.epoch_indices(epoch)
+        )
+    assert_bitwise_equal(final_weights(replay.model), final_weights(original.model))
+    # The replay's own record is the curriculum it followed, and says so.
+    record = load_curriculum(str(tmp_path / "replay"))
+    assert record.settings["replayed_from"] == str(output_dir)
+    assert record.epoch_metrics == original.curriculum.epoch_metrics
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (dict(num_examples=40), "written for a training set of 48 examples, but train_dataset has 40"),
+        (dict(ids=[f"ex-{i:03d}" for i in reversed(range(NUM_EXAMPLES))]), "have other ids than the record's"),
+        (dict(drop_ids=True), "by the column 'id', which train_dataset does not have"),
+        (dict(seed=8), r"seed=8 \(the record has 7\)"),
+        (dict(epoch_fraction=0.5, replay_fraction=0.0), "epoch_fraction=0.5 .*replay_fraction=0.0"),
+        (dict(num_train_epochs=4), r"missing \[3\]"),
+    ],
+    ids=["size", "ids", "no-id-column", "seed", "fractions", "epochs"],
+)
+def test_replay_refuses_what_would_draw_differently(tokenizer, tmp_path, recorded, change, message):
+    _, output_dir = recorded
+    change = dict(change)
+    num_examples, ids = change.pop("num_examples", NUM_EXAMPLES), change.pop("ids", None)
+    dataset = dataset_with_ids(tokenizer, num_examples, ids)
+    if change.pop("drop_ids", False):
+        dataset = dataset.remove_columns("id")
+    trainer = make_trainer(tokenizer, config(tmp_path, replay_curriculum=str(output_dir), **change), dataset)
+    with pytest.raises(ValueError, match=f"Cannot replay {re.escape(str(output_dir / RECORD_NAME))}: .*{message}"):
+        trainer.train()
+
+
+def test_replay_curriculum_is_validated(tmp_path):
+    with pytest.raises(ValueError, match="ZPDConfig.replay_curriculum"):
+        config(tmp_path, replay_curriculum="  ")
+
+
+# ---- the curated dataset ----
+
+
+def test_curated_dataset_round_trips(recorded, tmp_path):
+    trainer, _ = recorded
+    curated = trainer.curated_dataset(epoch=2)
+    zone = trainer.curriculum.zones[2]
+    assert curated["zpd_example_index"] == zone.tolist() and set(curated["zpd_epoch"]) == {2}
+    assert curated["id"] == [f"ex-{i:03d}" for i in zone]
+    table = trainer.curriculum.latest_scores
+    np.testing.assert_array_equal(curated["zpd_loss"], table.loss[zone])
+    assert curated["input_ids"][0] == trainer.train_dataset[int(zone[0])]["input_ids"]
+    everything = trainer.curated_dataset()
+    assert len(everything) == sum(len(z) for z in trainer.curriculum.zones.values())
+
+    curated.save_to_disk(str(tmp_path / "disk"))
+    from_disk = datasets.load_from_disk(str(tmp_path / "disk"))
+    assert from_disk.to_dict() == curated.to_dict()
+    curated.to_parquet(str(tmp_path / "curated.parquet"))
+    from_parquet = datasets.load_dataset(
+        "parquet", data_files=str(tmp_path / "curated.parquet"), split="train", cache_dir=str(tmp_path / "cache")
+    )
+    assert from_parquet.to_dict() == curated.to_dict()
+    with pytest.raises(ValueError, match=r"No zone for epoch 0: the record has zones for epochs \[1, 2\]"):
+        trainer.curated_dataset(epoch=0)
+
+
+def test_record_parquet_loads_with_datasets(recorded, tmp_path):
+    _, output_dir = recorded
+    rows = datasets.load_dataset(
+        "parquet", data_files=str(output_dir / RECORD_NAME), split="train", cache_dir=str(tmp_path / "cache")
+    )
+    assert len(rows) == 2 * NUM_EXAMPLES and "selected" in rows.column_names
+
+
+# ---- cards ----
+
+
+def test_model_card_gets_a_curriculum_section(recorded):
+    trainer, output_dir = recorded
+    trainer.create_model_card(license="apache-2.0")
+    card = ModelCard.load(str(output_dir / "README.md"))
+    assert {"hf_zpd", "curriculum"} <= set(card.data.tags)
+    assert card.text.count("## ZPD curriculum") == 1
+    trainer.create_model_card()  # rendering twice does not repeat the section
+    assert ModelCard.load(str(output_dir / "README.md")).text.count("## ZPD curriculum") == 1
+
+
+def test_dataset_card_documents_columns_band_and_epochs(recorded):
+    trainer, _ = recorded
+    card = trainer.curriculum_card("someone/run-curriculum", license="mit")
+    assert card.data.license == "mit" and {"hf_zpd", "curriculum"} <= set(card.data.tags)
+    text = str(card)
+    for column in ("`selected`", "`in_band`", "`difficulty`", "`example_id`", "`running_ppl`"):
+        assert column in text
+    assert (
+        'load_dataset("someone/run-curriculum"' in text and "| band (relative to the level D) | [1.1, 1.3] |" in text
+    )
+    ppl = trainer.curriculum.epoch_metrics[2]["zpd/ppl"]
+    assert f"| 2 | zone + 25% replay | {ppl:.4g} |" in text
+    assert "| 0 | whole training set (no scores yet) |" in text
+
+
+# ---- the Hub, over real HTTP (minihub) ----
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def minihub(tmp_path_factory):
+    if not MINIHUB.is_file():
+        pytest.skip(
+            f"The local Hub server {MINIHUB} is absent (it ships in the team's shared/tools, not in the repo)."
+        )
+    port = free_port()
+    data = tmp_path_factory.mktemp("minihub")
+    command = [sys.executable, str(MINIHUB), "--port", str(port), "--data", str(data)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "minihub did not start"
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def point_clients_at(endpoint: str, monkeypatch, tmp_path) -> None:
+    """The four client settings of RESOURCES.md, switched after import, plus a fresh cache and no stored token."""
+    constants = huggingface_hub.constants
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    # conftest turns offline mode on for the rest of the suite.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-stored-token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-stored-tokens"))
+    monkeypatch.setenv("HF_TOKEN", "test-token")
+
+
+@pytest.fixture
+def hub(minihub, monkeypatch, tmp_path) -> str:
+    point_clients_at(minihub, monkeypatch, tmp_path)
+    return minihub
+
+
+def test_hub_round_trip(recorded, hub, tmp_path):
+    trainer, output_dir = recorded
+    commit = trainer.push_curriculum_to_hub("tester/zpd-run-curriculum", license="mit")
+    assert commit.repo_url.repo_id == "tester/zpd-run-curriculum"
+    rows = datasets.load_dataset("tester/zpd-run-curriculum", split="train", cache_dir=str(tmp_path / "datasets"))
+    expected = pq.read_table(output_dir / RECORD_NAME).to_pandas()
+    assert len(rows) == len(expected) == 2 * NUM_EXAMPLES
+    assert rows["index"] == expected["index"].tolist() and rows["selected"] == expected.selected.tolist()
+    record = load_curriculum("tester/zpd-run-curriculum")
+    for epoch, zone in trainer.curriculum.zones.items():
+        np.testing.assert_array_equal(record.zones[epoch], zone)
+    card = DatasetCard.load("tester/zpd-run-curriculum", repo_type="dataset")
+    assert card.data.license == "mit" and {"hf_zpd", "curriculum"} <= set(card.data.tags)
+    assert "## Per epoch" in card.text and 'hf_zpd.load_curriculum("tester/zpd-run-curriculum")' in card.text
+
+
+def test_replay_from_a_hub_repo(tokenizer, recorded, hub, tmp_path):
+    trainer, _ = recorded
+    trainer.push_curriculum_to_hub("tester/replay-source")
+    replay = make_trainer(tokenizer, config(tmp_path, replay_curriculum="tester/replay-source", num_train_epochs=2))
+    replay.train()
+    np.testing.assert_array_equal(replay.curriculum.zones[1], trainer.curriculum.zones[1])
+
+
+def test_push_to_hub_pushes_the_curriculum_beside_the_model(tokenizer, hub, tmp_path):
+    trainer = make_trainer(
+        tokenizer, config(tmp_path, "pushed", num_train_epochs=2, push_to_hub=True, hub_model_id="tester/tiny-zpd")
+    )
+    trainer.train()
+    trainer.push_to_hub(license="apache-2.0")
+    assert trainer.default_curriculum_repo_id() == "tester/tiny-zpd-curriculum"
+    record = load_curriculum("tester/tiny-zpd-curriculum")
+    np.testing.assert_array_equal(record.zones[1], trainer.curriculum.zones[1])
+    model_card = ModelCard.load("tester/tiny-zpd")
+    assert "## ZPD curriculum" in model_card.text and "tester/tiny-zpd-curriculum" in model_card.data.datasets
+    files = huggingface_hub.HfApi().list_repo_files("tester/tiny-zpd")
+    assert RECORD_NAME in files and "model.safetensors" in files
+
+
+def test_push_without_a_token_fails_clearly_and_keeps_the_local_copy(recorded, hub, monkeypatch):
+    trainer, output_dir = recorded
+    monkeypatch.delenv("HF_TOKEN")
+    (output_dir / RECORD_NAME).unlink()
+    with pytest.raises(PermissionError, match=r"refused the write \(401\).*saved locally at .*" + RECORD_NAME):
+        trainer.push_curriculum_to_hub("tester/no-token-curriculum")
+    assert load_curriculum(str(output_dir)).zones.keys() == {1, 2}
+
+
+def test_push_to_an_unreachable_hub_fails_clearly_and_keeps_the_local_copy(recorded, monkeypatch, tmp_path):
+    trainer, output_dir = recorded
+    point_clients_at(f"http://127.0.0.1:{free_port()}", monkeypatch, tmp_path)  # nothing listens there
+    (output_dir / RECORD_NAME).unlink()
+    with pytest.raises(ConnectionError, match=r"Could not push the curriculum .* at http://127\.0\.0\.1:\d+ .*"):
+        trainer.push_curriculum_to_hub("tester/unreachable-curriculum")
+    assert load_curriculum(str(output_dir)).zones.keys() == {1, 2}
+
+
+def test_loading_from_an_unreachable_hub_fails_clearly(monkeypatch, tmp_path):
+    # Offline mode fails the same path as an unreachable endpoint (huggingface_hub retries the latter for ~23 s
+    # before it gives up, with the same message from hf_zpd).
+    point_clients_at(f"http://127.0.0.1:{free_port()}", monkeypatch, tmp_path)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConnectionError, match="Could not download the curriculum 'tester/some-curriculum'.*offline"):
+        load_curriculum("tester/some-curriculum")
+
+
+def test_loading_a_repo_without_a_record_is_a_clear_error(hub):
+    with pytest.raises(FileNotFoundError, match="has no zpd_curriculum.parquet"):
+        load_curriculum("tester/does-not-exist")
+
+
+def test_package_exports():
+    assert hf_zpd.load_curriculum is load_curriculum and hf_zpd.CurriculumRecord is CurriculumRecord
