@@ -135,25 +135,33 @@ def per_example_statistics(
 
     device = logits.device
     log_vocab = math.log(vocab_size)
-    flat_logits = logits.reshape(batch_size * seq_len, vocab_size)  # a view when logits are contiguous
-    flat_labels = labels.reshape(-1)
-    supervised = (flat_labels != IGNORE_INDEX).nonzero().squeeze(1)  # (N,)
-    example_of_row = torch.div(supervised, seq_len, rounding_mode="floor")
+    # Rows are picked by (example, position) rather than from a flattened view: the causal alignment is a strided
+    # view, and reshaping it would copy the whole (B, T - 1, V) tensor.
+    supervised = (labels != IGNORE_INDEX).nonzero()  # (N, 2): example, position
+    example_of_row, position_of_row = supervised[:, 0], supervised[:, 1]
+    targets = labels[example_of_row, position_of_row]
 
     loss_sum = torch.zeros(batch_size, dtype=torch.float64, device=device)
     confidence_sum = torch.zeros_like(loss_sum)
     entropy_sum = torch.zeros_like(loss_sum)
-    for start in range(0, supervised.numel(), chunk_size):
-        rows = supervised[start : start + chunk_size]
-        chunk = flat_logits.index_select(0, rows).float()  # (n, V): the only fp32 vocabulary tensor
-        log_normaliser = torch.logsumexp(chunk, dim=-1)  # (n,)
-        target_logit = chunk.gather(1, flat_labels[rows].unsqueeze(1)).squeeze(1)
-        token_loss = log_normaliser - target_logit
-        token_confidence = torch.exp(chunk.max(dim=-1).values - log_normaliser)
-        # H(p) = logsumexp(x) - sum_v p_v x_v, which avoids log(0) where p_v underflows.
-        probabilities = torch.softmax(chunk, dim=-1)
-        token_entropy = (log_normaliser - (probabilities * chunk).sum(dim=-1)) / log_vocab
+    for start in range(0, example_of_row.numel(), chunk_size):
         owners = example_of_row[start : start + chunk_size]
+        # (n, V): a fresh fp32 copy of n rows, the only vocabulary-sized fp32 tensors are this one and its exp.
+        chunk = logits[owners, position_of_row[start : start + chunk_size]].float()
+        # With x' = x - max(x) and s = sum_v exp(x'_v):  -log p(y) = log s - x'_y,  max_v p_v = 1 / s,
+        # H(p) = log s - sum_v exp(x'_v) x'_v / s.  Five passes over the chunk, no softmax or product tensor.
+        chunk -= chunk.max(dim=-1, keepdim=True).values
+        target_shifted = chunk.gather(1, targets[start : start + chunk_size].unsqueeze(1)).squeeze(1)
+        # A -inf logit (a masked token) would give 0 * -inf = NaN below; its probability is 0 either way. The target's
+        # logit was read before, so an impossible target still gives an infinite loss.
+        chunk.clamp_(min=torch.finfo(torch.float32).min)
+        exponentials = chunk.exp()
+        normaliser = exponentials.sum(dim=-1)
+        weighted = torch.bmm(exponentials.unsqueeze(1), chunk.unsqueeze(2)).reshape(-1)  # sum_v exp(x'_v) x'_v
+        log_normaliser = normaliser.log()
+        token_loss = log_normaliser - target_shifted
+        token_confidence = normaliser.reciprocal()
+        token_entropy = (log_normaliser - weighted / normaliser) / log_vocab
         loss_sum.index_add_(0, owners, token_loss.double())
         confidence_sum.index_add_(0, owners, token_confidence.double())
         entropy_sum.index_add_(0, owners, token_entropy.double())

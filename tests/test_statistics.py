@@ -445,3 +445,17 @@ def test_mismatched_shapes_are_rejected(logits_shape, labels_shape, match):
 def test_chunk_size_below_one_is_rejected(chunk_size):
     with pytest.raises(ValueError, match="chunk_size"):
         per_example_statistics(torch.randn(2, 3, 4), torch.zeros(2, 3, dtype=torch.long), chunk_size=chunk_size)
+
+
+def test_masked_vocabulary_entries_with_minus_infinity():
+    """-inf logits (masked tokens) have probability 0: finite statistics, unless the target itself is masked."""
+    logits = torch.tensor([[[0.5, -math.inf, 1.0, -2.0], [3.0, -math.inf, -math.inf, 0.0]]])
+    labels = torch.tensor([[2, 1]])
+    stats = per_example_statistics(logits, labels[:, :1].expand(1, 2).clone())
+    probabilities = torch.softmax(logits[0].double(), dim=-1)
+    assert math.isinf(stats.loss.item())  # position 1's target (token 2) is masked: an infinite loss
+    finite = per_example_statistics(logits[:, :1], labels[:, :1])
+    torch.testing.assert_close(finite.loss, -torch.log(probabilities[:1, 2]).to(torch.float64))
+    entropy = -(probabilities[0, [0, 2, 3]] * probabilities[0, [0, 2, 3]].log()).sum() / math.log(4)
+    torch.testing.assert_close(finite.entropy, entropy.reshape(1))
+    torch.testing.assert_close(finite.confidence, probabilities[0].max().reshape(1))
