@@ -495,7 +495,6 @@ class ZPDTrainer(Trainer):
         metrics = {
             "zpd/epoch": float(epoch),
             "zpd/ppl": float(np.exp(table.loss[pool][finite[pool]].mean())),
-            "zpd/running_ppl": self._running_ppl(),
             "zpd/level": selection.level,
             "zpd/band_lower": selection.band_lower,
             "zpd/band_upper": selection.band_upper,
@@ -507,6 +506,8 @@ class ZPDTrainer(Trainer):
             "zpd/num_nonfinite": float((~finite[pool] & ~no_targets).sum()),
             "zpd/num_no_targets": float(no_targets.sum()),
         }
+        if self.curriculum.running_loss is not None:  # none before the first training step
+            metrics["zpd/running_ppl"] = self._running_ppl()
         groups = {"pool": pool[finite[pool]], "selected": pool[selection.indices]}
         for group, members in groups.items():
             for name, values in (

@@ -611,3 +611,11 @@ def test_dataset_of_one_example(tokenizer, tmp_path):
     assert output.global_step == 3
     assert {epoch: zone.tolist() for epoch, zone in trainer.curriculum.zones.items()} == {1: [0], 2: [0]}
     assert all(log["zpd/num_selected"] == 1 for log in zpd_logs(trainer))
+
+
+def test_no_metric_is_logged_as_nan_before_training(tokenizer, tmp_path):
+    trainer = gpt2_trainer(tokenizer, config(tmp_path, num_train_epochs=1, score_before_training=True))
+    trainer.train()
+    first = zpd_logs(trainer)[0]
+    assert first["zpd/epoch"] == 0 and "zpd/running_ppl" not in first
+    assert all(math.isfinite(value) for key, value in first.items())
