@@ -72,6 +72,7 @@ from transformers import (
     DataCollatorWithPadding,
     EvalPrediction,
     HfArgumentParser,
+    Trainer,
     set_seed,
 )
 
@@ -95,6 +96,8 @@ class ScriptArguments:
         Evaluation tweets, taken after the training ones (the two sets are disjoint).
     max_length (`int`, *optional*, defaults to `64`):
         Tokens per tweet after truncation; batches are padded to their longest tweet.
+    plain_trainer (`bool`, *optional*, defaults to `False`):
+        Train with the plain `Trainer` instead (the uniform baseline), with the same data, seed and arguments.
     """
 
     model_name_or_path: str | None = field(
@@ -108,6 +111,9 @@ class ScriptArguments:
         default=800, metadata={"help": "Evaluation tweets, disjoint from the training ones."}
     )
     max_length: int = field(default=64, metadata={"help": "Tokens per tweet after truncation."})
+    plain_trainer: bool = field(
+        default=False, metadata={"help": "Train with the plain Trainer (the uniform baseline), all else the same."}
+    )
 
 
 # Defaults for this example; the command line overrides every one of them.
@@ -292,7 +298,8 @@ def main() -> None:
         for name, rows in splits.items()
     }
 
-    trainer = ZPDTrainer(
+    trainer_class = Trainer if script_args.plain_trainer else ZPDTrainer
+    trainer = trainer_class(
         model=model,
         args=training_args,
         train_dataset=datasets["train"],
@@ -308,7 +315,8 @@ def main() -> None:
     model_label = os.path.basename(os.path.normpath(model_name))
     if model_label == "model":  # the pip package's folder is just called "model"
         model_label = "all-MiniLM-L6-v2"
-    title = f"\nZPD curriculum summary ({model_label}, {num_train} train / {num_eval} eval tweets)"
+    kind = "Plain Trainer (uniform baseline)" if script_args.plain_trainer else "ZPD curriculum"
+    title = f"\n{kind} summary ({model_label}, {num_train} train / {num_eval} eval tweets)"
     print(format_summary(trainer.state.log_history, math.ceil(trainer.state.epoch or 0), title))
     print(f"Model and checkpoints: {training_args.output_dir}")
 

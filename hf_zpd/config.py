@@ -54,7 +54,7 @@ class ZPDConfig(TrainingArguments):
         pretrained model). Otherwise epoch 0 draws from the whole set.
     scoring_batch_size (`int` or `None`, *optional*, defaults to `None`):
         Per-device batch size of the scoring pass; defaults to `per_device_eval_batch_size`.
-    statistics_chunk_size (`int`, *optional*, defaults to `512`):
+    statistics_chunk_size (`int`, *optional*, defaults to `128`):
         Supervised positions projected to fp32 at once when computing the per-example statistics. Bounds the extra
         memory at `statistics_chunk_size x vocab` floats.
     running_ppl_decay (`float`, *optional*, defaults to `0.9`):
@@ -121,7 +121,7 @@ class ZPDConfig(TrainingArguments):
         metadata={"help": "Per-device batch size of the scoring pass (default: per_device_eval_batch_size)."},
     )
     statistics_chunk_size: int = field(
-        default=512,
+        default=128,
         metadata={"help": "Supervised positions projected to fp32 at once for the per-example statistics."},
     )
     running_ppl_decay: float = field(
@@ -184,7 +184,7 @@ class ZPDConfig(TrainingArguments):
             fail("rescore_every", f"must be at least 1, got {self.rescore_every}", "1 rescores at every epoch end.")
         if self.statistics_chunk_size < 1:
             fail(
-                "statistics_chunk_size", f"must be at least 1, got {self.statistics_chunk_size}", "The default is 512."
+                "statistics_chunk_size", f"must be at least 1, got {self.statistics_chunk_size}", "The default is 128."
             )
         if not 0 <= self.running_ppl_decay < 1:
             fail("running_ppl_decay", f"must be in [0, 1), got {self.running_ppl_decay}", "The default is 0.9.")

@@ -84,7 +84,7 @@ def align_causal_labels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[tor
 def per_example_statistics(
     logits: torch.Tensor,
     labels: torch.Tensor,
-    chunk_size: int = 512,
+    chunk_size: int = 128,
 ) -> ExampleStatistics:
     """Computes each example's loss, confidence and entropy sums in bounded memory.
 
@@ -98,7 +98,7 @@ def per_example_statistics(
             [`align_causal_labels`] for causal LMs).
         labels (`torch.Tensor` of shape `(B,)` or `(B, T)`):
             Target indices, `-100` where a position is not supervised.
-        chunk_size (`int`, *optional*, defaults to 512):
+        chunk_size (`int`, *optional*, defaults to 128):
             How many supervised positions are projected to fp32 at once.
 
     Returns:
@@ -135,19 +135,18 @@ def per_example_statistics(
 
     device = logits.device
     log_vocab = math.log(vocab_size)
-    # Rows are picked by (example, position) rather than from a flattened view: the causal alignment is a strided
-    # view, and reshaping it would copy the whole (B, T - 1, V) tensor.
     supervised = (labels != IGNORE_INDEX).nonzero()  # (N, 2): example, position
     example_of_row, position_of_row = supervised[:, 0], supervised[:, 1]
     targets = labels[example_of_row, position_of_row]
+    rows, row_index = _row_view(logits, example_of_row, position_of_row)
 
     loss_sum = torch.zeros(batch_size, dtype=torch.float64, device=device)
     confidence_sum = torch.zeros_like(loss_sum)
     entropy_sum = torch.zeros_like(loss_sum)
     for start in range(0, example_of_row.numel(), chunk_size):
         owners = example_of_row[start : start + chunk_size]
-        # (n, V): a fresh fp32 copy of n rows, the only vocabulary-sized fp32 tensors are this one and its exp.
-        chunk = logits[owners, position_of_row[start : start + chunk_size]].float()
+        # (n, V): a fresh fp32 copy of n rows; the only vocabulary-sized fp32 tensors are this one and its exp.
+        chunk = rows.index_select(0, row_index[start : start + chunk_size]).float()
         # With x' = x - max(x) and s = sum_v exp(x'_v):  -log p(y) = log s - x'_y,  max_v p_v = 1 / s,
         # H(p) = log s - sum_v exp(x'_v) x'_v / s.  Five passes over the chunk, no softmax or product tensor.
         chunk -= chunk.max(dim=-1, keepdim=True).values
@@ -157,7 +156,7 @@ def per_example_statistics(
         chunk.clamp_(min=torch.finfo(torch.float32).min)
         exponentials = chunk.exp()
         normaliser = exponentials.sum(dim=-1)
-        weighted = torch.bmm(exponentials.unsqueeze(1), chunk.unsqueeze(2)).reshape(-1)  # sum_v exp(x'_v) x'_v
+        weighted = torch.linalg.vecdot(exponentials, chunk)  # sum_v exp(x'_v) x'_v, without a product tensor
         log_normaliser = normaliser.log()
         token_loss = log_normaliser - target_shifted
         token_confidence = normaliser.reciprocal()
@@ -167,6 +166,26 @@ def per_example_statistics(
         entropy_sum.index_add_(0, owners, token_entropy.double())
     num_tokens = torch.bincount(example_of_row, minlength=batch_size).to(torch.float64)
     return ExampleStatistics(loss_sum, confidence_sum, entropy_sum, num_tokens, vocab_size)
+
+
+def _row_view(
+    logits: torch.Tensor, example_of_row: torch.Tensor, position_of_row: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 2-D `(rows, V)` view of `logits` and each supervised row's index in it, without copying.
+
+    The causal alignment is a strided view, and reshaping it would copy the whole `(B, T - 1, V)` tensor. Selecting
+    rows of a strided 2-D view with `index_select` copies only the chosen rows, and is several times faster on CPU
+    than advanced indexing by (example, position).
+    """
+    batch_size, seq_len, vocab_size = logits.shape
+    example_stride, position_stride, vocab_stride = logits.stride()
+    if vocab_stride == 1 and position_stride >= vocab_size and example_stride % position_stride == 0:
+        rows_per_example = example_stride // position_stride
+        num_rows = (batch_size - 1) * rows_per_example + seq_len  # stays inside the storage the view covers
+        rows = logits.as_strided((num_rows, vocab_size), (position_stride, 1))
+        return rows, example_of_row * rows_per_example + position_of_row
+    # Any other layout: gather the supervised rows once (a copy of those rows only, in the logits' dtype).
+    return logits[example_of_row, position_of_row], torch.arange(example_of_row.numel(), device=logits.device)
 
 
 def competence(

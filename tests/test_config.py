@@ -21,7 +21,7 @@ ZPD_DEFAULTS = {
     "rescore_every": 1,
     "score_before_training": False,
     "scoring_batch_size": None,
-    "statistics_chunk_size": 512,
+    "statistics_chunk_size": 128,
     "running_ppl_decay": 0.9,
     "replay_curriculum": None,
 }
