@@ -10,6 +10,7 @@ from transformers import TrainingArguments
 from .statistics import COMPOSITE_WEIGHTS, LOSS_ONLY_WEIGHTS
 
 DIFFICULTY_MODES = ("composite", "loss")
+SCORE_SOURCES = ("scoring_pass", "training_pass")
 
 
 @dataclass
@@ -52,6 +53,12 @@ class ZPDConfig(TrainingArguments):
     score_before_training (`bool`, *optional*, defaults to `False`):
         Score the pool before the first epoch, so that epoch 0 already trains in the zone (useful when fine-tuning a
         pretrained model). Otherwise epoch 0 draws from the whole set.
+    score_source (`str`, *optional*, defaults to `"scoring_pass"`):
+        Where the scores behind each zone come from. `"scoring_pass"` runs a forward pass over the pool in eval mode
+        at each scoring boundary. `"training_pass"` re-uses the statistics that the training forward passes computed
+        since the last zone (train mode, so with dropout; taken during the epoch, so up to one epoch stale), and runs
+        no extra pass; examples not drawn since keep their latest score. A pass still runs when there is nothing to
+        re-use (before the first epoch with `score_before_training`).
     scoring_batch_size (`int` or `None`, *optional*, defaults to `None`):
         Per-device batch size of the scoring pass; defaults to `per_device_eval_batch_size`.
     statistics_chunk_size (`int`, *optional*, defaults to `128`):
@@ -116,6 +123,14 @@ class ZPDConfig(TrainingArguments):
         default=False,
         metadata={"help": "Score the pool before the first epoch, so that epoch 0 already trains in the zone."},
     )
+    score_source: str = field(
+        default="scoring_pass",
+        metadata={
+            "help": "'scoring_pass': score the pool in eval mode at each boundary; 'training_pass': re-use the "
+            "training forward passes' statistics (no extra pass, up to one epoch stale).",
+            "choices": list(SCORE_SOURCES),
+        },
+    )
     scoring_batch_size: int | None = field(
         default=None,
         metadata={"help": "Per-device batch size of the scoring pass (default: per_device_eval_batch_size)."},
@@ -155,6 +170,8 @@ class ZPDConfig(TrainingArguments):
             )
         if self.difficulty_mode not in DIFFICULTY_MODES:
             fail("difficulty_mode", f"got {self.difficulty_mode!r}", f"Use one of {DIFFICULTY_MODES}.")
+        if self.score_source not in SCORE_SOURCES:
+            fail("score_source", f"got {self.score_source!r}", f"Use one of {SCORE_SOURCES}.")
         weights = list(self.competence_weights)
         if len(weights) != 3:
             fail(

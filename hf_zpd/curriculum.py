@@ -27,6 +27,9 @@ def atomic_write_bytes(path: str, payload: bytes) -> None:
     os.makedirs(folder, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
+        # mkstemp creates the file readable by its owner only; give it the mode `open` would (0666 less the umask),
+        # like the Trainer's own files.
+        os.chmod(temporary, 0o666 & ~_current_umask())
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(payload)
             handle.flush()
@@ -36,6 +39,12 @@ def atomic_write_bytes(path: str, payload: bytes) -> None:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 @dataclass
@@ -50,6 +59,8 @@ class CurriculumState:
         previous_scores (`ScoreTable`, *optional*): the scoring pass before, for the learning-progress check.
         running_loss (`float`, *optional*): the moving average of training losses behind the running perplexity.
         epoch_metrics (`dict[int, dict[str, float]]`): the `zpd/*` metrics logged when each epoch's zone was chosen.
+        training_pass_scores (`tuple[ScoreTable, np.ndarray]`, *optional*): with `score_source="training_pass"`, the
+            training passes' statistics since the last zone and the global step of each row (NaN where none).
     """
 
     dataset_size: int
@@ -59,11 +70,15 @@ class CurriculumState:
     previous_scores: ScoreTable | None = None
     running_loss: float | None = None
     epoch_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
+    training_pass_scores: tuple[ScoreTable, np.ndarray] | None = None
 
     def save(self, folder: str) -> str:
         """Writes the state into `folder` atomically and returns the file's path."""
         arrays: dict[str, np.ndarray] = {f"zone.{epoch}": zone.astype(np.int64) for epoch, zone in self.zones.items()}
         tables = {"latest": self.latest_scores, "previous": self.previous_scores}
+        if self.training_pass_scores is not None:
+            tables["training_pass"] = self.training_pass_scores[0]
+            arrays["training_pass.step"] = self.training_pass_scores[1].astype(np.float64)
         for name, table in tables.items():
             if table is not None:
                 for column in SCORE_COLUMNS:
@@ -125,6 +140,9 @@ class CurriculumState:
             previous_scores=tables.get("previous"),
             running_loss=header["running_loss"],
             epoch_metrics={int(epoch): metrics for epoch, metrics in header["epoch_metrics"].items()},
+            training_pass_scores=(
+                (tables["training_pass"], arrays["training_pass.step"]) if "training_pass" in tables else None
+            ),
         )
 
 

@@ -61,6 +61,9 @@ class ScoreTable:
         self.entropy[index] = stats.entropy.cpu().numpy()
         self.num_tokens[index] = stats.num_tokens.cpu().numpy()
 
+    def copy(self) -> ScoreTable:
+        return ScoreTable(*(getattr(self, column).copy() for column in SCORE_COLUMNS), vocab_size=self.vocab_size)
+
     def competence(self, weights: tuple[float, float, float]) -> np.ndarray:
         return competence(self.loss, self.confidence, self.entropy, self.vocab_size, weights)
 
@@ -172,18 +175,72 @@ def run_scoring_pass(
                     dim=1,
                 )
             )  # (b, 5)
-    device = accelerator.device
-    local_rows = torch.cat(rows).to(device) if rows else torch.zeros((0, 5), dtype=torch.float64, device=device)
-    # Processes may hold different row counts: pad with index -1 (dropped below) to gather equal shapes.
-    padded = accelerator.pad_across_processes(local_rows, dim=0, pad_index=-1)
-    gathered = accelerator.gather(padded).cpu()
-    vocab_size = int(accelerator.gather(torch.tensor([vocab_size], device=device)).max().item())
-    gathered = gathered[gathered[:, 0] >= 0]
+    gathered = gather_rows(rows, 5, accelerator)
+    vocab_size = int(accelerator.gather(torch.tensor([vocab_size], device=accelerator.device)).max().item())
     index = gathered[:, 0].long().numpy()
     stats = ExampleStatistics(gathered[:, 1], gathered[:, 2], gathered[:, 3], gathered[:, 4], vocab_size)
     table.fill(index, stats)
     assert_same_on_every_process(table.checksum(), "scoring table", accelerator)
     return table, time.perf_counter() - start
+
+
+def gather_rows(rows: list[torch.Tensor], width: int, accelerator: Accelerator) -> torch.Tensor:
+    """Every process's rows (column 0: the example index), concatenated in process order, on the CPU, as float64.
+
+    Processes may hold different row counts, so the rows are padded with index -1 to equal shapes for the gather,
+    and the padding is dropped after it.
+    """
+    device = accelerator.device
+    local = torch.cat(rows).to(device) if rows else torch.zeros((0, width), dtype=torch.float64, device=device)
+    if accelerator.num_processes > 1:
+        local = accelerator.gather(accelerator.pad_across_processes(local, dim=0, pad_index=-1))
+    local = local.cpu()
+    return local[local[:, 0] >= 0]
+
+
+class TrainingPassScores:
+    """The per-example statistics of the training forward passes, the latest one per example (the training-pass
+    score source).
+
+    Each training micro-batch adds rows (index, global step, loss sum, confidence sum, entropy sum, tokens) on its own
+    process; [`~TrainingPassScores.merge`] gathers them from every process into one table, in which an example keeps
+    the row of its latest step (of the last process, for an example drawn twice in the same step), so every process
+    holds the same table.
+
+    Args:
+        num_examples (`int`): the training set's size.
+    """
+
+    WIDTH = 6
+
+    def __init__(self, num_examples: int):
+        self.table = ScoreTable.empty(num_examples)
+        self.step = np.full(num_examples, np.nan)
+        self.pending: list[torch.Tensor] = []
+
+    def add(self, index: torch.Tensor, step: int, stats: ExampleStatistics) -> None:
+        """Keeps one micro-batch's rows on their device (no host sync per step)."""
+        self.table.vocab_size = stats.vocab_size
+        columns = [index.to(stats.loss_sum.device).double(), torch.full_like(stats.loss_sum, float(step))]
+        columns += [stats.loss_sum, stats.confidence_sum, stats.entropy_sum, stats.num_tokens]
+        self.pending.append(torch.stack(columns, dim=1))  # (b, 6)
+
+    def merge(self, accelerator: Accelerator) -> None:
+        """Gathers every process's pending rows into the table. Collective: every process must call it."""
+        rows = gather_rows(self.pending, self.WIDTH, accelerator)
+        self.pending = []
+        vocab_size = int(accelerator.gather(torch.tensor([self.table.vocab_size], device=accelerator.device)).max())
+        rows = rows[torch.argsort(rows[:, 1], stable=True)]  # by step; the last write to an index wins
+        index = rows[:, 0].long().numpy()
+        self.table.fill(index, ExampleStatistics(rows[:, 2], rows[:, 3], rows[:, 4], rows[:, 5], vocab_size))
+        self.step[index] = rows[:, 1].numpy()
+        self.table.vocab_size = vocab_size
+
+    def num_scored(self) -> int:
+        return int((~np.isnan(self.step)).sum())
+
+    def clear(self) -> None:
+        self.__init__(len(self.table))
 
 
 def assert_same_on_every_process(values: list[float], what: str, accelerator: Accelerator) -> None:

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,7 +44,9 @@ from .record import (
 from .sampler import ZPDSampler, samples_per_epoch
 from .scoring import (
     INDEX_COLUMN,
+    SCORE_COLUMNS,
     ScoreTable,
+    TrainingPassScores,
     assert_same_on_every_process,
     length_grouped_batches,
     run_scoring_pass,
@@ -182,6 +185,7 @@ class ZPDTrainer(Trainer):
         self._zpd_epoch = 0
         self._zpd_resume_from: str | None = None
         self._zpd_indexed: tuple[int, Dataset] | None = None
+        self._training_pass_scores: TrainingPassScores | None = None
         self._reset_training_accumulators()
         self.add_callback(_CurriculumCallback(self))
 
@@ -205,8 +209,13 @@ class ZPDTrainer(Trainer):
 
     def _indexed_train_dataset(self) -> Dataset:
         dataset = self.train_dataset
-        if self._zpd_indexed is not None and self._zpd_indexed[0] == id(dataset):
-            return self._zpd_indexed[1]
+        if self._zpd_indexed is None or self._zpd_indexed[0] != id(dataset):
+            self._zpd_indexed = (id(dataset), self._with_index_column(dataset))
+        return self._zpd_indexed[1]
+
+    @staticmethod
+    def _with_index_column(dataset: Dataset) -> Dataset:
+        """`dataset` with each item's own index under [`INDEX_COLUMN`], after checking that it can be scored."""
         if isinstance(dataset, IterableDataset) or isinstance(dataset, datasets.IterableDataset):
             raise ValueError(
                 "ZPDTrainer needs a map-style training dataset with a length: it scores every example and draws "
@@ -226,11 +235,8 @@ class ZPDTrainer(Trainer):
                     f"The training dataset already has a column named {INDEX_COLUMN!r}, which ZPDTrainer reserves "
                     "for the example index. Rename or remove that column."
                 )
-            indexed = dataset.add_column(INDEX_COLUMN, np.arange(len(dataset), dtype=np.int64))
-        else:
-            indexed = _IndexedDataset(dataset)
-        self._zpd_indexed = (id(dataset), indexed)
-        return indexed
+            return dataset.add_column(INDEX_COLUMN, np.arange(len(dataset), dtype=np.int64))
+        return _IndexedDataset(dataset)
 
     def get_train_dataloader(self):
         if self.train_dataset is None:
@@ -277,12 +283,15 @@ class ZPDTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Returns exactly `Trainer.compute_loss`'s loss; in training it also records per-example statistics."""
         # The model would swallow the index column through **kwargs: take it out before the forward.
-        inputs.pop(INDEX_COLUMN, None)
+        index = inputs.pop(INDEX_COLUMN, None)
         # Read the labels first: with label smoothing or `compute_loss_func` the Trainer pops them from `inputs`.
         labels = self._labels_of(inputs) if model.training else None
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if model.training:
-            self._record_training_statistics(self._statistics_from_outputs(model, outputs, labels))
+            stats = self._statistics_from_outputs(model, outputs, labels)
+            self._record_training_statistics(stats)
+            if self._training_pass_scores is not None and index is not None:
+                self._training_pass_scores.add(index, self.state.global_step, stats)
         return (loss, outputs) if return_outputs else loss
 
     def _labels_of(self, inputs: Mapping[str, Any]) -> torch.Tensor:
@@ -412,6 +421,12 @@ class ZPDTrainer(Trainer):
                 )
         if self.curriculum is None:
             self.curriculum = CurriculumState(dataset_size=dataset_size)
+        self._training_pass_scores = None
+        if self.args.score_source == "training_pass":
+            self._training_pass_scores = TrainingPassScores(dataset_size)
+            if self.curriculum.training_pass_scores is not None:  # restored from the checkpoint
+                table, step = self.curriculum.training_pass_scores
+                self._training_pass_scores.table, self._training_pass_scores.step = table, step
         assert_same_on_every_process(_dataset_sketch(self.train_dataset), "training set", self.accelerator)
         # The epoch to resume in, by the Trainer's own formula (`_init_training_state`).
         num_batches = len(train_dataloader)
@@ -447,7 +462,7 @@ class ZPDTrainer(Trainer):
         if rescored:
             if not self._is_scoring_boundary(epoch):
                 logger.warning(f"No scores to reuse for epoch {epoch}: scoring the pool now.")
-            table, seconds = self._score_pool(epoch)
+            table, seconds = self._scores_for_zone(epoch)
             progress = self._learning_progress(curriculum.latest_scores, table, curriculum.zones.get(epoch - 1))
             curriculum.previous_scores = curriculum.latest_scores
             curriculum.latest_scores, curriculum.latest_scores_epoch = table, epoch
@@ -463,6 +478,25 @@ class ZPDTrainer(Trainer):
         curriculum.epoch_metrics[epoch] = metrics
         self._zpd_history.remember(epoch, curriculum.latest_scores_epoch, curriculum.latest_scores)
         self.log(dict(metrics))
+
+    def _scores_for_zone(self, epoch: int) -> tuple[ScoreTable, float]:
+        """The scores behind epoch `epoch`'s zone and the seconds they took: a scoring pass, or the training passes'
+        statistics since the last zone laid over the latest scores (`score_source="training_pass"`)."""
+        source = self._training_pass_scores
+        if source is None:
+            return self._score_pool(epoch)
+        start = time.perf_counter()
+        source.merge(self.accelerator)
+        if source.num_scored() == 0:  # nothing trained yet (score_before_training): a real pass
+            return self._score_pool(epoch)
+        latest = self.curriculum.latest_scores
+        table = ScoreTable.empty(len(self.train_dataset)) if latest is None else latest.copy()
+        fresh = ~np.isnan(source.step)
+        for column in SCORE_COLUMNS:
+            getattr(table, column)[fresh] = getattr(source.table, column)[fresh]
+        table.vocab_size = source.table.vocab_size
+        source.clear()
+        return table, time.perf_counter() - start
 
     def _select(self, table: ScoreTable, pool: np.ndarray) -> ZoneSelection:
         weights = self.args.effective_competence_weights
@@ -548,8 +582,13 @@ class ZPDTrainer(Trainer):
         return np.sort(rng.choice(size, size=pool_size, replace=False)).astype(np.int64)
 
     def _example_lengths(self, dataset) -> np.ndarray | None:
-        if self._zpd_lengths is not None and len(self._zpd_lengths) == len(dataset):
-            return self._zpd_lengths
+        # The training set's lengths, read once per run.
+        if self._zpd_lengths is None or len(self._zpd_lengths) != len(dataset):
+            self._zpd_lengths = self._lengths_of(dataset)
+        return self._zpd_lengths
+
+    def _lengths_of(self, dataset) -> np.ndarray | None:
+        """Each example's length, from `length_column_name` or the first model input; `None` if unknown."""
         if not isinstance(dataset, datasets.Dataset):
             return None
         names = [self.args.length_column_name]
@@ -560,8 +599,7 @@ class ZPDTrainer(Trainer):
             if name in dataset.column_names:
                 column = dataset.with_format(None)[name]
                 lengths = column if name == self.args.length_column_name else [len(row) for row in column]
-                self._zpd_lengths = np.asarray(lengths, dtype=np.int64)
-                return self._zpd_lengths
+                return np.asarray(lengths, dtype=np.int64)
         return None
 
     def _forward_statistics(self, model, inputs: dict[str, Any]) -> ExampleStatistics:
@@ -596,6 +634,59 @@ class ZPDTrainer(Trainer):
             show_progress=not self.args.disable_tqdm,
         )
 
+    def score_dataset(self, dataset: Dataset | None = None, id_column: str | None = None) -> datasets.Dataset:
+        """Scores every example of `dataset` with the current model, as the scoring pass does, outside training.
+
+        The pass runs on every process (launch it with `accelerate launch` to shard it) in eval mode without
+        gradient, in length-grouped batches of `scoring_batch_size`, and every process returns the same table.
+
+        Args:
+            dataset (`torch.utils.data.Dataset`, *optional*, defaults to `train_dataset`):
+                A map-style dataset of model inputs with labels, prepared like the training set.
+            id_column (`str`, *optional*):
+                A column of stable example ids to copy into the result; `None` detects `id`, `idx`, `example_id` or
+                `guid`.
+
+        Returns:
+            `datasets.Dataset`: one row per example in dataset order, with `zpd_example_index`, the ids (if any),
+            `loss`, `confidence`, `entropy`, `competence` and `difficulty` (from `difficulty_mode`; METHOD.md) and
+            `num_tokens`. Examples without supervised tokens have NaN statistics and `num_tokens` 0.
+        """
+        dataset = dataset if dataset is not None else self.train_dataset
+        if dataset is None:
+            raise ValueError("score_dataset needs a dataset: pass one, or give the trainer a train_dataset.")
+        indexed = self._with_index_column(dataset)
+        loader = self._get_dataloader(
+            dataset=indexed, description="Scoring", batch_size=1, sampler_fn=None, is_training=False
+        )
+        lengths = self._lengths_of(loader.dataset)
+        batch_size = self.args.scoring_batch_size or self.args.per_device_eval_batch_size
+        table, _ = run_scoring_pass(
+            model=self.model_wrapped,
+            dataset=loader.dataset,
+            batches=length_grouped_batches(np.arange(len(dataset)), lengths, batch_size),
+            collate_fn=loader.collate_fn,
+            forward_statistics=self._forward_statistics,
+            accelerator=self.accelerator,
+            num_examples=len(dataset),
+            num_workers=self.args.dataloader_num_workers,
+            show_progress=not self.args.disable_tqdm,
+        )
+        example_competence = table.competence(self.args.effective_competence_weights)
+        columns = {"zpd_example_index": np.arange(len(dataset), dtype=np.int64)}
+        column = detect_id_column(dataset, id_column)
+        if column is not None:
+            columns[column] = read_example_ids(dataset, column)
+        columns.update(
+            loss=table.loss,
+            confidence=table.confidence,
+            entropy=table.entropy,
+            competence=example_competence,
+            difficulty=np.exp(log_difficulty(example_competence, table.vocab_size)),
+            num_tokens=table.num_tokens.astype(np.int64),
+        )
+        return datasets.Dataset.from_dict(columns)
+
     # ---- Checkpoints ----
 
     def _save_checkpoint(self, model, trial) -> None:
@@ -604,6 +695,10 @@ class ZPDTrainer(Trainer):
         # atomically, so a checkpoint folder with model weights always has the state that matches them.
         if self.curriculum is not None:
             self._fold_running_loss()
+            if self._training_pass_scores is not None:  # collective; the merged table goes into the checkpoint
+                self._training_pass_scores.merge(self.accelerator)
+                scores = self._training_pass_scores
+                self.curriculum.training_pass_scores = (scores.table, scores.step)
             if self.args.should_save:
                 folder = os.path.join(
                     self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"

@@ -62,9 +62,9 @@ class RecordingZPDTrainer(ZPDTrainer):
         return super().compute_loss(model, inputs, *args, **kwargs)
 
 
-def build(trainer_class, args, tokenizer, data_seed=0):
+def build(trainer_class, args, tokenizer, data_seed=0, dropout=0.1):
     trainer = trainer_class(
-        model=tiny_gpt2(len(tokenizer), seed=5),
+        model=tiny_gpt2(len(tokenizer), seed=5, dropout=dropout),
         args=args,
         train_dataset=causal_lm_dataset(tokenizer, NUM_EXAMPLES, seed=data_seed, prompt_tokens=2),
         data_collator=DataCollatorForSeq2Seq(tokenizer),
@@ -79,6 +79,10 @@ def digest(model) -> str:
         hasher.update(name.encode())
         hasher.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return hasher.hexdigest()
+
+
+def _zones(trainer) -> dict:
+    return {epoch: zone.tolist() for epoch, zone in trainer.curriculum.zones.items()}
 
 
 def learning_rates(trainer):
@@ -129,6 +133,26 @@ def main(out_dir: str) -> None:
             "zones": {epoch: zone.tolist() for epoch, zone in resumed.curriculum.zones.items()},
             "seen": resumed.seen,
         }
+    # The training-pass score source: a frozen model (no dropout, learning rate 0) gives the scoring pass's table,
+    # and a learning one resumes mid-epoch to the same zones and weights.
+    training_pass = dict(score_source="training_pass", score_before_training=False, replay_fraction=0.0)
+    frozen = build(
+        RecordingZPDTrainer,
+        arguments(os.path.join(out_dir, "frozen"), learning_rate=0.0, num_train_epochs=2, **training_pass),
+        tokenizer,
+        dropout=0.0,
+    )
+    frozen.train()
+    record["training_pass_frozen_table"] = frozen.tables[1]
+    learning = build(RecordingZPDTrainer, arguments(os.path.join(out_dir, "tp-full"), **training_pass), tokenizer)
+    learning.train()
+    record["training_pass"] = {"digest": digest(learning.model), "zones": _zones(learning), "resumed": {}}
+    for step in (4, 8):
+        resumed = build(
+            RecordingZPDTrainer, arguments(os.path.join(out_dir, f"tp-{step}"), **training_pass), tokenizer
+        )
+        resumed.train(resume_from_checkpoint=os.path.join(out_dir, "tp-full", f"checkpoint-{step}"))
+        record["training_pass"]["resumed"][step] = {"digest": digest(resumed.model), "zones": _zones(resumed)}
     dist.barrier()
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
         json.dump(record, handle)

