@@ -13,25 +13,16 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from transformers import EvalPrediction, HfArgumentParser, Trainer, set_seed
 
-from .config import ZPDConfig
-from .curriculum import atomic_write_bytes
-from .data import (
-    DEFAULT_DATASET,
-    TASKS,
-    DataError,
-    class_names,
-    data_collator_for,
-    default_model_path,
-    load_model_and_tokenizer,
-    load_splits,
-    prepare_splits,
-)
-from .trainer import ZPDTrainer
+if TYPE_CHECKING:
+    from transformers import EvalPrediction, HfArgumentParser
+
+# transformers, torch and datasets are imported inside the commands, so that `hf-zpd --help` answers at once.
+DEFAULT_DATASET = "tweets"  # hf_zpd.data.DEFAULT_DATASET
+TASKS = ("classification", "causal_lm")  # hf_zpd.data.TASKS
 
 USAGE = """usage: hf-zpd {train,score,report} [flags]
 
@@ -59,8 +50,6 @@ TRAIN_DEFAULTS = {
     "save_total_limit": 1,
     "logging_strategy": "steps",
     "logging_steps": 10,
-    # Pinned memory only helps copies to a GPU; on a CPU-only machine the DataLoader warns about it at every epoch.
-    "dataloader_pin_memory": torch.cuda.is_available(),
 }
 
 
@@ -151,6 +140,16 @@ def compute_accuracy(prediction: EvalPrediction) -> dict[str, float]:
 
 def _load_task_data(data_args: DataArguments, seed: int):
     """The model, tokenizer, tokenised splits and collator that `train` and `score` share."""
+    from .data import (
+        DataError,
+        class_names,
+        data_collator_for,
+        default_model_path,
+        load_model_and_tokenizer,
+        load_splits,
+        prepare_splits,
+    )
+
     if data_args.task not in TASKS:
         raise DataError(f"Unknown --task {data_args.task!r}. Use one of {TASKS}.")
     model_path = data_args.model_name_or_path
@@ -176,16 +175,25 @@ def _load_task_data(data_args: DataArguments, seed: int):
 
 
 def _parser(prog: str, dataclasses: tuple, description: str) -> HfArgumentParser:
+    from transformers import HfArgumentParser
+
     return HfArgumentParser(dataclasses, prog=prog, description=description)
 
 
 def train_command(argv: list[str]) -> int:
+    import torch
+    from transformers import Trainer, set_seed
+
+    from .config import ZPDConfig
+    from .trainer import ZPDTrainer
+
     parser = _parser(
         "hf-zpd train",
         (DataArguments, TrainCommandArguments, ZPDConfig),
         "Fine-tune a model with the ZPD curriculum (no flags: all-MiniLM-L6-v2 on 1,600 built-in tweets).",
     )
-    parser.set_defaults(**TRAIN_DEFAULTS)
+    # Pinned memory only helps copies to a GPU; on a CPU-only machine the DataLoader warns about it at every epoch.
+    parser.set_defaults(**TRAIN_DEFAULTS, dataloader_pin_memory=torch.cuda.is_available())
     data_args, command_args, training_args = parser.parse_args_into_dataclasses(argv)
     set_seed(training_args.seed)
     model, tokenizer, splits, collator, model_path = _load_task_data(data_args, training_args.seed)
@@ -219,6 +227,13 @@ def train_command(argv: list[str]) -> int:
 
 
 def score_command(argv: list[str]) -> int:
+    from transformers import set_seed
+
+    from .config import ZPDConfig
+    from .curriculum import atomic_write_bytes
+    from .data import DataError
+    from .trainer import ZPDTrainer
+
     parser = _parser(
         "hf-zpd score",
         (DataArguments, ScoreCommandArguments, ZPDConfig),

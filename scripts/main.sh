@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The main job: set up .venv if needed, then fine-tune all-MiniLM-L6-v2 on tweet sentiment with ZPDTrainer.
-# Arguments go to examples/classification.py, e.g. `bash scripts/main.sh --num_train_epochs 1`.
+# The main job: set up .venv if needed, then `hf-zpd train`: all-MiniLM-L6-v2 fine-tuned on tweet sentiment with the
+# ZPD curriculum, ending with a summary and the run report (runs/hf-zpd-train/zpd_report/).
+# Arguments go to `hf-zpd train`, e.g. `bash scripts/main.sh --num_train_epochs 1` (`--help` lists them all).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/bootstrap.sh"
 cd "$ROOT"
-exec .venv/bin/python examples/classification.py "$@"
+exec .venv/bin/hf-zpd train "$@"

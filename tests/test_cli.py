@@ -179,3 +179,10 @@ def test_builtin_tweets_are_split_into_disjoint_prefixes():
     cut = len(splits["train"])
     assert splits["train"][0] == {"text": tweets[0][0], "label": tweets[0][1]}
     assert splits["eval"][0] == {"text": tweets[cut][0], "label": tweets[cut][1]}
+
+
+def test_cli_constants_match_the_data_module():
+    """cli.py repeats two constants of data.py to keep `hf-zpd --help` free of heavy imports."""
+    from hf_zpd import cli, data
+
+    assert (cli.TASKS, cli.DEFAULT_DATASET) == (data.TASKS, data.DEFAULT_DATASET)
