@@ -1,11 +1,13 @@
-"""Training-step time and peak memory, ZPDTrainer against Trainer, on the same batches of a 32k-vocabulary model.
+"""Training-step time and peak memory, ZPDTrainer (standard and fused path) against Trainer, on the same batches of a
+32k-vocabulary model.
 
     python benchmarks/step_time.py                   # CPU: prints the table, appends to results/step_time.csv
     python benchmarks/step_time.py --steps 20 --batch 8 --seq 256
 
 The model is a GPT-2 built from a config (32,000-token vocabulary, 2 layers of 256), trained on random tokens with
 a quarter of each sequence masked with -100. Step time: `training_step` (forward, the statistics, backward) on the
-same batches, the two trainers alternating, median over steps after a warm-up. Peak memory: each trainer in a fresh
+same batches, the three trainers alternating (Trainer, ZPDTrainer, ZPDTrainer with `fused_cross_entropy=True`),
+median over steps after a warm-up. Peak memory: each trainer in a fresh
 process, peak RSS on CPU (and `torch.cuda.max_memory_allocated` when a GPU is used).
 """
 
@@ -23,19 +25,27 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+KINDS = ("plain", "zpd", "fused")
+NAMES = {"plain": "Trainer", "zpd": "ZPDTrainer", "fused": "ZPDTrainer, fused_cross_entropy"}
+COLUMNS = ["date", "machine", "device", "batch", "seq", "plain_s", "zpd_s", "step_ratio", "rss_ratio"]
+COLUMNS += ["fused_s", "fused_step_ratio", "fused_rss_ratio", "plain_rss_mib", "zpd_rss_mib", "fused_rss_mib"]
 
 
 def build(kind: str, batch: int, seq: int, out: str):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
-    from hf_zpd import ZPDTrainer
+    from hf_zpd import ZPDConfig, ZPDTrainer
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=32_000, n_positions=seq, n_embd=256, n_layer=2, n_head=4))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    args = TrainingArguments(out, report_to=[], use_cpu=device == "cpu", per_device_train_batch_size=batch)
-    trainer = (ZPDTrainer if kind == "zpd" else Trainer)(model=model, args=args)
+    arguments = dict(report_to=[], use_cpu=device == "cpu", per_device_train_batch_size=batch)
+    if kind == "plain":
+        trainer = Trainer(model=model, args=TrainingArguments(out, **arguments))
+    else:
+        args = ZPDConfig(out, fused_cross_entropy=kind == "fused", **arguments)
+        trainer = ZPDTrainer(model=model, args=args)
     generator = torch.Generator().manual_seed(1)
     ids = torch.randint(1, 32_000, (batch, seq), generator=generator)
     labels = ids.clone()
@@ -61,15 +71,29 @@ def one_step(trainer, inputs, num_items, device) -> float:
 
 def time_steps(steps: int, batch: int, seq: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
-        plain = build("plain", batch, seq, out)
-        ours = build("zpd", batch, seq, out)
+        trainers = {kind: build(kind, batch, seq, out) for kind in KINDS}
         for _ in range(2):  # warm-up
-            one_step(*plain), one_step(*ours)
-        times = {"plain": [], "zpd": []}
+            for trainer in trainers.values():
+                one_step(*trainer)
+        times = {kind: [] for kind in KINDS}
         for _ in range(steps):
-            times["plain"].append(one_step(*plain))
-            times["zpd"].append(one_step(*ours))
-        return {kind: statistics.median(values) for kind, values in times.items()} | {"device": plain[3]}
+            for kind, trainer in trainers.items():
+                times[kind].append(one_step(*trainer))
+        return {kind: statistics.median(values) for kind, values in times.items()} | {"device": trainers["plain"][3]}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size. Linux's `ru_maxrss` keeps the high-water mark of the process that
+    forked it across `execve` (so a child of a large parent reports the parent's peak); `VmHWM` belongs to the
+    process's own address space and starts afresh at `execve`."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def peak_memory(kind: str, steps: int, batch: int, seq: int) -> None:
@@ -79,7 +103,7 @@ def peak_memory(kind: str, steps: int, batch: int, seq: int) -> None:
         trainer, inputs, num_items, device = build(kind, batch, seq, out)
         for _ in range(steps):
             one_step(trainer, inputs, num_items, device)
-    peak = {"rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    peak = {"rss_mib": peak_rss_mib()}
     if device == "cuda":
         peak["cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps(peak))
@@ -90,51 +114,57 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--memory-of", choices=["plain", "zpd"], help=argparse.SUPPRESS)
+    parser.add_argument("--memory-of", choices=KINDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_of:
         peak_memory(args.memory_of, 3, args.batch, args.seq)
         return
     times = time_steps(args.steps, args.batch, args.seq)
     memory = {}
-    for kind in ("plain", "zpd"):
+    for kind in KINDS:
         command = [sys.executable, __file__, "--memory-of", kind, "--batch", str(args.batch), "--seq", str(args.seq)]
         env = dict(os.environ, PYTHONPATH=str(HERE.parent))
         result = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
         memory[kind] = json.loads(result.stdout.strip().splitlines()[-1])
-    step_ratio = times["zpd"] / times["plain"]
-    rss_ratio = memory["zpd"]["rss_mib"] / memory["plain"]["rss_mib"]
+    step_ratio = {kind: times[kind] / times["plain"] for kind in KINDS}
+    rss_ratio = {kind: memory[kind]["rss_mib"] / memory["plain"]["rss_mib"] for kind in KINDS}
     print(
         f"device {times['device']}, batch {args.batch} x {args.seq} tokens, vocab 32000, median of {args.steps} steps"
     )
-    print("| trainer | step seconds | peak RSS MiB |")
-    print("|---|---|---|")
-    print(f"| Trainer | {times['plain']:.4f} | {memory['plain']['rss_mib']:.0f} |")
-    print(f"| ZPDTrainer | {times['zpd']:.4f} | {memory['zpd']['rss_mib']:.0f} |")
-    print(f"step time ratio ZPDTrainer / Trainer: {step_ratio:.3f}")
-    print(f"peak RSS ratio ZPDTrainer / Trainer: {rss_ratio:.3f}")
+    cuda = "cuda_mib" in memory["plain"]
+    print("| trainer | step seconds | step ratio | peak RSS MiB | RSS ratio |" + (" peak CUDA MiB |" if cuda else ""))
+    print("|---|---|---|---|---|" + ("---|" if cuda else ""))
+    for kind in KINDS:
+        line = f"| {NAMES[kind]} | {times[kind]:.4f} | {step_ratio[kind]:.3f} | {memory[kind]['rss_mib']:.0f} | "
+        line += f"{rss_ratio[kind]:.3f} |" + (f" {memory[kind]['cuda_mib']:.0f} |" if cuda else "")
+        print(line)
     results = HERE / "results" / "step_time.csv"
     results.parent.mkdir(exist_ok=True)
-    new = not results.exists()
-    with results.open("a", newline="") as handle:
-        writer = csv.writer(handle)
-        if new:
-            writer.writerow(
-                ["date", "machine", "device", "batch", "seq", "plain_s", "zpd_s", "step_ratio", "rss_ratio"]
-            )
-        writer.writerow(
-            [
-                time.strftime("%Y-%m-%d"),
-                platform.machine(),
-                times["device"],
-                args.batch,
-                args.seq,
-                f"{times['plain']:.4f}",
-                f"{times['zpd']:.4f}",
-                f"{step_ratio:.3f}",
-                f"{rss_ratio:.3f}",
-            ]
-        )
+    rows = list(csv.DictReader(results.open())) if results.exists() else []
+    rows.append(
+        {
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": platform.machine(),
+            "device": times["device"],
+            "batch": args.batch,
+            "seq": args.seq,
+            "plain_s": f"{times['plain']:.4f}",
+            "zpd_s": f"{times['zpd']:.4f}",
+            "step_ratio": f"{step_ratio['zpd']:.3f}",
+            "rss_ratio": f"{rss_ratio['zpd']:.3f}",
+            "fused_s": f"{times['fused']:.4f}",
+            "fused_step_ratio": f"{step_ratio['fused']:.3f}",
+            "fused_rss_ratio": f"{rss_ratio['fused']:.3f}",
+            **{f"{kind}_rss_mib": f"{memory[kind]['rss_mib']:.0f}" for kind in KINDS},
+        }
+    )
+    # Rewritten whole (older rows lack the fused columns), through a temporary file.
+    temporary = results.with_suffix(".tmp")
+    with temporary.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(temporary, results)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,12 @@ class ZPDConfig(TrainingArguments):
     statistics_chunk_size (`int`, *optional*, defaults to `128`):
         Supervised positions projected to fp32 at once when computing the per-example statistics. Bounds the extra
         memory at `statistics_chunk_size x vocab` floats.
+    fused_cross_entropy (`bool`, *optional*, defaults to `False`):
+        Causal LMs only (GPT-2, Llama, Mistral, Qwen2/3, SmolLM3): compute the training loss, its gradient and the
+        statistics from the last hidden states, `statistics_chunk_size` supervised rows at a time, so the full
+        `[batch, seq, vocab]` logits never exist (the technique of Liger-Kernel's fused linear cross-entropy). The
+        loss equals the standard path's to float rounding. Refused, with the reason, for other models, with label
+        smoothing or a `compute_loss_func`. Evaluation and the scoring pass keep the standard path.
     running_ppl_decay (`float`, *optional*, defaults to `0.9`):
         Decay of the exponential moving average of the training loss behind `zpd/running_ppl`.
 
@@ -138,6 +144,13 @@ class ZPDConfig(TrainingArguments):
     statistics_chunk_size: int = field(
         default=128,
         metadata={"help": "Supervised positions projected to fp32 at once for the per-example statistics."},
+    )
+    fused_cross_entropy: bool = field(
+        default=False,
+        metadata={
+            "help": "Causal LMs only: compute the training loss and statistics chunk by chunk from the hidden states, "
+            "never materialising the full logits (Liger-style fused linear cross-entropy)."
+        },
     )
     running_ppl_decay: float = field(
         default=0.9,

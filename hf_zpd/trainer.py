@@ -32,6 +32,7 @@ from transformers.utils import logging
 from .band import ZoneSelection, log_difficulty, minimum_zone_size, select_zone
 from .config import ZPDConfig
 from .curriculum import CurriculumState
+from .fused import check_fused_support, fused_causal_lm_head
 from .record import (
     RECORD_NAME,
     CurriculumRecord,
@@ -188,6 +189,18 @@ class ZPDTrainer(Trainer):
         self._training_pass_scores: TrainingPassScores | None = None
         self._reset_training_accumulators()
         self.add_callback(_CurriculumCallback(self))
+        if self.args.fused_cross_entropy:
+            self._check_fused_path()
+
+    def _check_fused_path(self) -> None:
+        """Refuses `fused_cross_entropy` where it would not give the Trainer's loss, before any step runs."""
+        if self.args.label_smoothing_factor > 0 or self.compute_loss_func is not None:
+            raise ValueError(
+                "fused_cross_entropy computes the model's own cross-entropy without the full logits, but label "
+                "smoothing and compute_loss_func read those logits. Set fused_cross_entropy=False, or drop "
+                "label_smoothing_factor / compute_loss_func."
+            )
+        check_fused_support(self.accelerator.unwrap_model(self.model))
 
     # ---- Data: the index column and the sampler ----
 
@@ -286,6 +299,19 @@ class ZPDTrainer(Trainer):
         index = inputs.pop(INDEX_COLUMN, None)
         # Read the labels first: with label smoothing or `compute_loss_func` the Trainer pops them from `inputs`.
         labels = self._labels_of(inputs) if model.training else None
+        if model.training and self.args.fused_cross_entropy:
+            # The model's lm_head and loss function are swapped for the fused ones during this forward only (the
+            # backward runs later, on the gradients the fused function computed); `outputs.logits` are hidden states.
+            unwrapped = self.accelerator.unwrap_model(model)
+            with fused_causal_lm_head(unwrapped, chunk_size=self.args.statistics_chunk_size) as capture:
+                loss, outputs = super().compute_loss(
+                    model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+                )
+            stats = capture.statistics
+            self._record_training_statistics(stats)
+            if self._training_pass_scores is not None and index is not None:
+                self._training_pass_scores.add(index, self.state.global_step, stats)
+            return (loss, outputs) if return_outputs else loss
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if model.training:
             stats = self._statistics_from_outputs(model, outputs, labels)

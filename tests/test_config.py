@@ -20,8 +20,10 @@ ZPD_DEFAULTS = {
     "scoring_pool_size": None,
     "rescore_every": 1,
     "score_before_training": False,
+    "score_source": "scoring_pass",
     "scoring_batch_size": None,
     "statistics_chunk_size": 128,
+    "fused_cross_entropy": False,
     "running_ppl_decay": 0.9,
     "replay_curriculum": None,
 }
