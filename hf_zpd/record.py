@@ -60,7 +60,7 @@ ID_COLUMN_CANDIDATES = ("id", "idx", "example_id", "guid")
 # Settings a replay must share with the record, because the draw of every epoch is a function of them.
 DRAW_SETTINGS = ("epoch_fraction", "replay_fraction", "seed", "score_before_training")
 CURATED_PREFIX = "zpd_"
-TEMPLATES = resources.files("hf_zpd") / "templates"
+TEMPLATES = resources.files("hf_zpd.templates")  # model_cards/templates/ in the source tree
 CURRICULUM_CARD_TEMPLATE = "curriculum_card.md"
 MODEL_CARD_TEMPLATE = "model_card.md"
 # Marks the curriculum section of a model card, so that rendering the card twice does not repeat it.
@@ -530,7 +530,7 @@ class CurriculumRecord:
         pretty_name: str | None = None,
         model_repo_id: str | None = None,
     ):
-        """A `huggingface_hub.DatasetCard` for the record, rendered from `hf_zpd/templates/curriculum_card.md`.
+        """A `huggingface_hub.DatasetCard` for the record, rendered from `model_cards/templates/curriculum_card.md`.
 
         Args:
             repo_id (`str`, *optional*): the dataset repo the card will live in (used in the loading snippets).

@@ -1,6 +1,6 @@
 """Renders the example cards in `model_cards/` from a tiny real run (tiny GPT-2 from `tests/builders.py`, 2 CPU cores,
 about 10 seconds): the dataset card that `push_curriculum_to_hub` pushes, and the model card with its curriculum
-section. The templates themselves ship in the package, in `hf_zpd/templates/`.
+section. The templates are `model_cards/templates/`, shipped in the wheel as the package `hf_zpd.templates`.
 
     python scripts/render_example_cards.py
 """
