@@ -218,7 +218,8 @@ def train_command(argv: list[str]) -> int:
         f"dataset {data_args.dataset})"
     )
     print(format_summary(trainer.state.log_history, math.ceil(trainer.state.epoch or 0), title))
-    print(f"Model, checkpoints and curriculum: {training_args.output_dir}")
+    saved = "Model and checkpoints" if command_args.plain_trainer else "Model, checkpoints and curriculum"
+    print(f"{saved}: {training_args.output_dir}")
     if command_args.report:
         from .report import write_report
 

@@ -103,7 +103,9 @@ def test_train_causal_lm_and_plain_trainer_baseline(tmp_path, gpt2_folder, sente
     assert main(["train", *flags, "--plain_trainer", *common_flags(plain)]) == 0
     plain_history = json.loads((plain / "trainer_state.json").read_text())["log_history"]
     assert not any(key.startswith("zpd/") for entry in plain_history for key in entry)
-    assert "Plain Trainer (uniform baseline) summary" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Plain Trainer (uniform baseline) summary" in out
+    assert f"Model and checkpoints: {plain}" in out  # the plain run writes no curriculum, and does not claim one
 
 
 def test_score_writes_every_example_to_parquet(tmp_path, classifier_folder, sentences_csv, capsys):
