@@ -117,7 +117,7 @@ def main() -> None:
         trainer.train()
     print(f"all-MiniLM-L6-v2, {args.train} tweets, {args.epochs} epochs, {torch.get_num_threads()} threads")
     print(
-        "| zone for epoch | training-pass zone | scoring-pass zone | both | Jaccard | fresh zone recovered | "
+        "| zone chosen after epoch | training-pass zone | scoring-pass zone | both | Jaccard | fresh zone recovered | "
         "merge s | scoring pass s | epoch before s |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
