@@ -660,11 +660,37 @@ class ZPDTrainer(Trainer):
             show_progress=not self.args.disable_tqdm,
         )
 
+    def _model_for_inference(self) -> torch.nn.Module:
+        """The model as `evaluate()` runs it. Outside `train()` the accelerator has not prepared it yet, and without
+        that its forward has no mixed-precision autocast (and, under DeepSpeed or FSDP, no engine)."""
+        # Mirrors the preparation at the top of the private Trainer.evaluation_loop (checked against
+        # transformers 5.24); the public evaluate() cannot be reused because it computes no per-example statistics.
+        if self.is_deepspeed_enabled and self.deepspeed is None:
+            from transformers.integrations.deepspeed import deepspeed_init
+
+            deepspeed_init(self, num_training_steps=0, inference=True)
+        model = self._wrap_model(self.model, training=False)
+        if len(self.accelerator._models) == 0 and model is self.model:
+            sharded = self.is_deepspeed_enabled or (self.is_fsdp_enabled and not self.args.torch_compile)
+            model = (
+                self.accelerator.prepare(model)
+                if sharded
+                else self.accelerator.prepare_model(model, evaluation_mode=True)
+            )
+            if self.is_fsdp_enabled:
+                self.model = model
+            if model is not self.model:
+                self.model_wrapped = model
+            if self.is_deepspeed_enabled:
+                self.deepspeed = self.model_wrapped
+        return model
+
     def score_dataset(self, dataset: Dataset | None = None, id_column: str | None = None) -> datasets.Dataset:
         """Scores every example of `dataset` with the current model, as the scoring pass does, outside training.
 
         The pass runs on every process (launch it with `accelerate launch` to shard it) in eval mode without
-        gradient, in length-grouped batches of `scoring_batch_size`, and every process returns the same table.
+        gradient, under the mixed-precision setting (`bf16`/`fp16`) as `evaluate()` runs, in length-grouped batches of
+        `scoring_batch_size`, and every process returns the same table.
 
         Args:
             dataset (`torch.utils.data.Dataset`, *optional*, defaults to `train_dataset`):
@@ -688,7 +714,7 @@ class ZPDTrainer(Trainer):
         lengths = self._lengths_of(loader.dataset)
         batch_size = self.args.scoring_batch_size or self.args.per_device_eval_batch_size
         table, _ = run_scoring_pass(
-            model=self.model_wrapped,
+            model=self._model_for_inference(),
             dataset=loader.dataset,
             batches=length_grouped_batches(np.arange(len(dataset)), lengths, batch_size),
             collate_fn=loader.collate_fn,

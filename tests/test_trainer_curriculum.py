@@ -176,6 +176,21 @@ def test_scoring_pass_restores_mode_and_rng(tokenizer, tmp_path):
     np.testing.assert_array_equal(np.random.get_state()[1], before[1])
 
 
+def test_scoring_runs_under_the_mixed_precision_setting_before_and_during_training(tokenizer, tmp_path):
+    """Every scoring forward runs under the accelerator's autocast, as `evaluate()` would, also when
+    `score_dataset` is called before `train()` has prepared the model (bf16 autocast works on CPU)."""
+    trainer = gpt2_trainer(tokenizer, config(tmp_path, num_train_epochs=2, bf16=True), num_examples=16)
+    forwards = []  # (training mode, autocast on) of every forward through the first block
+    trainer.model.transformer.h[0].register_forward_pre_hook(
+        lambda module, args: forwards.append((module.training, torch.is_autocast_enabled("cpu")))
+    )
+    scores = trainer.score_dataset()
+    assert len(scores) == 16 and forwards and set(forwards) == {(False, True)}
+    forwards.clear()
+    trainer.train()
+    assert set(forwards) == {(False, True), (True, True)}  # the epoch-end scoring pass, and the training steps
+
+
 def test_scoring_pool_size_and_rescore_cadence(tokenizer, tmp_path):
     trainer = gpt2_trainer(
         tokenizer, config(tmp_path, num_train_epochs=4, scoring_pool_size=20, rescore_every=2, replay_fraction=0.25)
