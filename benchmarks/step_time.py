@@ -36,7 +36,7 @@ COLUMNS += ["layers", "width", "steps", "plain_step_peak_mib", "zpd_step_peak_mi
 COLUMNS += ["step_peak_ratio", "fused_step_peak_ratio", "memory_repeats"]
 
 
-def build(kind: str, batch: int, seq: int, out: str, layers: int = 2, width: int = 256):
+def build(kind: str, batch: int, seq: int, out: str, layers: int, width: int):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
@@ -121,12 +121,13 @@ def peak_memory(kind: str, steps: int, batch: int, seq: int, layers: int, width:
 
     with tempfile.TemporaryDirectory() as out:
         trainer, inputs, num_items, device = build(kind, batch, seq, out, layers, width)
-        peak = {"rss_mib": peak_rss_mib()}
+        peak_before_steps = peak_rss_mib()  # the reset below forgets it: a process peak while building is kept
         baseline = current_rss_mib()
         reset_peak_rss()
         for _ in range(steps):
             one_step(trainer, inputs, num_items, device)
-    peak = {"rss_mib": max(peak["rss_mib"], peak_rss_mib()), "step_peak_mib": peak_rss_mib() - baseline}
+    peak_of_steps = peak_rss_mib()
+    peak = {"rss_mib": max(peak_before_steps, peak_of_steps), "step_peak_mib": peak_of_steps - baseline}
     if device == "cuda":
         peak["cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps(peak))
@@ -164,8 +165,9 @@ def main() -> None:
     rss_ratio = {kind: memory[kind]["rss_mib"] / memory["plain"]["rss_mib"] for kind in KINDS}
     step_peak_ratio = {kind: memory[kind]["step_peak_mib"] / memory["plain"]["step_peak_mib"] for kind in KINDS}
     print(
-        f"device {times['device']}, GPT-2 {args.layers} layers of {args.width}, vocab 32000, batch {args.batch} x {args.seq} "
-        f"tokens, median of {args.steps} steps; memory: median of {args.memory_repeats} processes per arm"
+        f"device {times['device']}, GPT-2 {args.layers} layers of {args.width}, vocab 32000, "
+        f"batch {args.batch} x {args.seq} tokens, median of {args.steps} steps; "
+        f"memory: median of {args.memory_repeats} processes per arm"
     )
     cuda = "cuda_mib" in memory["plain"]
     header = (
