@@ -12,29 +12,38 @@ from typing import TYPE_CHECKING
 _EXPORTS = {
     "ZoneSelection": "band",
     "select_zone": "band",
+    "ZPDArguments": "config",
     "ZPDConfig": "config",
-    "CurriculumState": "curriculum",
     "CurriculumRecord": "record",
-    "load_curriculum": "record",
+    "EpochDraw": "record",
+    "load_curriculum": "hub",
+    "push_curriculum": "hub",
     "ZPDSampler": "sampler",
-    "draw_epoch": "sampler",
     "samples_per_epoch": "sampler",
+    "CompositionPolicy": "selection",
+    "EpochPlan": "selection",
+    "compose_epoch": "selection",
     "ScoreTable": "scoring",
     "ExampleStatistics": "statistics",
     "competence": "statistics",
     "per_example_statistics": "statistics",
     "ZPDTrainer": "trainer",
+    "ZPDTrainerMixin": "trainer",
+    "ZPDSFTConfig": "sft",
+    "ZPDSFTTrainer": "sft",
 }
 
 if TYPE_CHECKING:
     from .band import ZoneSelection, select_zone
-    from .config import ZPDConfig
-    from .curriculum import CurriculumState
-    from .record import CurriculumRecord, load_curriculum
-    from .sampler import ZPDSampler, draw_epoch, samples_per_epoch
+    from .config import ZPDArguments, ZPDConfig
+    from .hub import load_curriculum, push_curriculum
+    from .record import CurriculumRecord, EpochDraw
+    from .sampler import ZPDSampler, samples_per_epoch
     from .scoring import ScoreTable
+    from .selection import CompositionPolicy, EpochPlan, compose_epoch
+    from .sft import ZPDSFTConfig, ZPDSFTTrainer
     from .statistics import ExampleStatistics, competence, per_example_statistics
-    from .trainer import ZPDTrainer
+    from .trainer import ZPDTrainer, ZPDTrainerMixin
 
 
 def __getattr__(name: str):
@@ -49,21 +58,28 @@ def __dir__() -> list[str]:
     return sorted(list(globals()) + list(_EXPORTS))
 
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
+    "CompositionPolicy",
     "CurriculumRecord",
-    "CurriculumState",
+    "EpochDraw",
+    "EpochPlan",
     "ExampleStatistics",
     "ScoreTable",
+    "ZPDArguments",
     "ZPDConfig",
+    "ZPDSFTConfig",
+    "ZPDSFTTrainer",
     "ZPDSampler",
     "ZPDTrainer",
+    "ZPDTrainerMixin",
     "ZoneSelection",
     "competence",
-    "draw_epoch",
+    "compose_epoch",
     "load_curriculum",
     "per_example_statistics",
+    "push_curriculum",
     "samples_per_epoch",
     "select_zone",
 ]

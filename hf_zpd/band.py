@@ -72,12 +72,40 @@ def minimum_zone_size(pool_size: int, min_zone_fraction: float, global_batch_siz
     return max(math.ceil(round(min_zone_fraction * pool_size, 9)), global_batch_size, 1)
 
 
+def band_around_level(
+    log_difficulties: np.ndarray, lower: float = 1.1, upper: float = 1.3, valid: np.ndarray | None = None
+) -> tuple[float, float, float]:
+    """The level and the band edges, in log-difficulty: `(log D, log D + log lower, log D + log upper)`.
+
+    `log D` is the mean log-difficulty of the finite examples (and of those `valid` allows); NaN when there is none.
+    """
+    if not 0 < lower < upper:
+        raise ValueError(f"The band needs 0 < lower < upper, got lower={lower}, upper={upper}.")
+    log_difficulties = np.asarray(log_difficulties, dtype=np.float64)
+    usable = np.isfinite(log_difficulties)
+    if valid is not None:
+        usable &= np.asarray(valid, dtype=bool)
+    if not usable.any():
+        return math.nan, math.nan, math.nan
+    log_level = float(log_difficulties[usable].mean())
+    return log_level, log_level + math.log(lower), log_level + math.log(upper)
+
+
+def distance_to_band(log_difficulties: np.ndarray, log_lower: float, log_upper: float) -> np.ndarray:
+    """`max(log_lower - log d_i, log d_i - log_upper, 0)`: 0 inside the band, NaN where log d_i is not finite."""
+    log_difficulties = np.asarray(log_difficulties, dtype=np.float64)
+    distance = np.maximum(log_lower - log_difficulties, log_difficulties - log_upper).clip(min=0.0)
+    distance[~np.isfinite(log_difficulties)] = np.nan
+    return distance
+
+
 def select_zone(
     log_difficulties: np.ndarray,
     lower: float = 1.1,
     upper: float = 1.3,
     min_size: int = 1,
     valid: np.ndarray | None = None,
+    selectable: np.ndarray | None = None,
 ) -> ZoneSelection:
     """Selects the examples whose difficulty lies in `[lower * D, upper * D]`, widening to `min_size` if needed.
 
@@ -90,9 +118,13 @@ def select_zone(
         lower (`float`, *optional*, defaults to 1.1), upper (`float`, *optional*, defaults to 1.3):
             The band edges relative to the level D.
         min_size (`int`, *optional*, defaults to 1):
-            The smallest zone; capped at the number of finite examples.
+            The smallest zone; capped at the number of selectable examples.
         valid (`np.ndarray` of bool, *optional*):
-            Extra exclusions (for instance, an example whose loss is finite but whose entropy is not).
+            Extra exclusions, from the level and from the zone (for instance, an example whose loss is finite but
+            whose entropy is not).
+        selectable (`np.ndarray` of bool, *optional*):
+            Examples that count towards the level D but may not enter the zone (the learnability guard's
+            out-of-reach examples).
 
     Returns:
         [`ZoneSelection`]
@@ -108,26 +140,23 @@ def select_zone(
 
     ```
     """
-    if not 0 < lower < upper:
-        raise ValueError(f"The band needs 0 < lower < upper, got lower={lower}, upper={upper}.")
     log_difficulties = np.asarray(log_difficulties, dtype=np.float64)
     finite = np.isfinite(log_difficulties)
     if valid is not None:
         finite &= np.asarray(valid, dtype=bool)
     num_scored = log_difficulties.shape[0]
     num_finite = int(finite.sum())
+    log_level, log_lower, log_upper = band_around_level(log_difficulties, lower, upper, finite)
     if num_finite == 0:
         return ZoneSelection(np.zeros(0, dtype=np.int64), math.nan, math.nan, math.nan, 0, 0, num_scored, num_scored)
-
-    log_level = float(log_difficulties[finite].mean())
-    log_lower, log_upper = log_level + math.log(lower), log_level + math.log(upper)
     # Distance to the band in log-difficulty: 0 inside, +inf for examples that cannot be selected.
-    distance = np.maximum(log_lower - log_difficulties, log_difficulties - log_upper).clip(min=0.0)
-    distance[~finite] = np.inf
+    distance = distance_to_band(log_difficulties, log_lower, log_upper)
+    candidates = finite if selectable is None else finite & np.asarray(selectable, dtype=bool)
+    distance[~candidates] = np.inf
     in_band = distance == 0.0
     num_in_band = int(in_band.sum())
 
-    target = min(max(min_size, num_in_band), num_finite)
+    target = min(max(min_size, num_in_band), int(candidates.sum()))
     if num_in_band >= target:
         chosen = np.flatnonzero(in_band)
     else:

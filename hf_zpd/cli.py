@@ -30,7 +30,7 @@ USAGE = """usage: hf-zpd {train,score,report} [flags]
   hf-zpd score            score a dataset with a model; per-example statistics to parquet
   hf-zpd report RUN_DIR   plots and a markdown summary of a run
 
-`hf-zpd COMMAND --help` lists the flags of a command: every TrainingArguments and ZPDConfig field, plus its own.
+`hf-zpd COMMAND --help` lists a command's own flags and the curriculum's; `--help-all` adds every TrainingArguments flag.
 """
 
 # The built-in default's sizes: small enough for a laptop CPU in minutes.
@@ -94,6 +94,8 @@ class DataArguments:
     )
     max_length: int = field(default=128, metadata={"help": "Tokens per example after truncation."})
 
+    _argument_group_name = "the model and the data"
+
 
 @dataclass
 class TrainCommandArguments:
@@ -101,15 +103,24 @@ class TrainCommandArguments:
     Switches of `hf-zpd train`.
 
     plain_trainer (`bool`, *optional*, defaults to `False`):
-        Train with the plain `Trainer` (the uniform baseline), everything else the same.
+        Train with the plain `Trainer` (the uniform baseline) instead, everything else the same.
+    compare_plain_trainer (`bool`, *optional*, defaults to `False`):
+        After the ZPD run, train the plain `Trainer` with the same data, seed and arguments (into
+        `<output_dir>-plain_trainer`), and print both runs side by side: what a user needs to judge the curriculum.
     report (`bool`, *optional*, defaults to `True`):
         Write the run report (`<output_dir>/zpd_report/`) at the end; `--no_report` skips it.
     """
 
     plain_trainer: bool = field(
-        default=False, metadata={"help": "Train with the plain Trainer (the uniform baseline), all else the same."}
+        default=False, metadata={"help": "Train with the plain Trainer (the uniform baseline) instead."}
+    )
+    compare_plain_trainer: bool = field(
+        default=False,
+        metadata={"help": "Also train the plain Trainer with the same data and arguments, and compare the two."},
     )
     report: bool = field(default=True, metadata={"help": "Write the run report at the end (--no_report skips it)."})
+
+    _argument_group_name = "hf-zpd train"
 
 
 @dataclass
@@ -125,6 +136,8 @@ class ScoreCommandArguments:
 
     output: str = field(default="scores.parquet", metadata={"help": "Parquet file to write."})
     split: str = field(default="train", metadata={"help": "Split to score.", "choices": ["train", "eval"]})
+
+    _argument_group_name = "hf-zpd score"
 
 
 def compute_accuracy(prediction: EvalPrediction) -> dict[str, float]:
@@ -180,44 +193,64 @@ def _parser(prog: str, dataclasses: tuple, description: str) -> HfArgumentParser
     return HfArgumentParser(dataclasses, prog=prog, description=description)
 
 
+TRAINER_FLAGS_NOTE = (
+    "The Trainer's own flags follow the same way: every TrainingArguments field is a flag (--output_dir, "
+    "--learning_rate, --num_train_epochs, --per_device_train_batch_size, --seed, --bf16, --push_to_hub, ...). "
+    "`{prog} --help-all` lists them all."
+)
+
+
+def _short_help(prog: str, command_dataclass, description: str, defaults: dict) -> str:
+    """The help a user reads first: the command's own flags and the curriculum's, grouped; the Trainer's after."""
+    from .config import ZPDArguments
+
+    parser = _parser(prog, (DataArguments, command_dataclass, ZPDArguments), description)
+    parser.usage = f"{prog} [the flags below] [TrainingArguments flags: see --help-all]"
+    parser.set_defaults(**{k: v for k, v in defaults.items() if k in {a.dest for a in parser._actions}})
+    for group in parser._action_groups:
+        if group.title == "options":
+            group.title = "help"
+    parser.epilog = TRAINER_FLAGS_NOTE.format(prog=prog)
+    return parser.format_help()
+
+
+def _parse(prog: str, command_dataclass, description: str, argv: list[str], defaults: dict):
+    """`--help` gives the short, grouped help; `--help-all` the full one; otherwise the parsed dataclasses."""
+    from .config import ZPDConfig
+
+    if "-h" in argv or "--help" in argv:
+        print(_short_help(prog, command_dataclass, description, defaults))
+        raise SystemExit(0)
+    parser = _parser(prog, (DataArguments, command_dataclass, ZPDConfig), description)
+    parser.set_defaults(**defaults)
+    if "--help-all" in argv:
+        parser.print_help()
+        raise SystemExit(0)
+    return parser.parse_args_into_dataclasses(argv)
+
+
+TRAIN_DESCRIPTION = "Fine-tune a model with the ZPD curriculum (no flags: all-MiniLM-L6-v2 on 1,600 built-in tweets)."
+
+
 def train_command(argv: list[str]) -> int:
     import torch
-    from transformers import Trainer, set_seed
 
-    from .config import ZPDConfig
-    from .trainer import ZPDTrainer
-
-    parser = _parser(
-        "hf-zpd train",
-        (DataArguments, TrainCommandArguments, ZPDConfig),
-        "Fine-tune a model with the ZPD curriculum (no flags: all-MiniLM-L6-v2 on 1,600 built-in tweets).",
-    )
     # Pinned memory only helps copies to a GPU; on a CPU-only machine the DataLoader warns about it at every epoch.
-    parser.set_defaults(**TRAIN_DEFAULTS, dataloader_pin_memory=torch.cuda.is_available())
-    data_args, command_args, training_args = parser.parse_args_into_dataclasses(argv)
-    set_seed(training_args.seed)
-    model, tokenizer, splits, collator, model_path = _load_task_data(data_args, training_args.seed)
-    trainer_class = Trainer if command_args.plain_trainer else ZPDTrainer
-    trainer = trainer_class(
-        model=model,
-        args=training_args,
-        train_dataset=splits["train"],
-        eval_dataset=splits["eval"] if training_args.eval_strategy != "no" else None,
-        processing_class=tokenizer,
-        data_collator=collator,
-        compute_metrics=compute_accuracy if data_args.task == "classification" else None,
+    defaults = {**TRAIN_DEFAULTS, "dataloader_pin_memory": torch.cuda.is_available()}
+    data_args, command_args, training_args = _parse(
+        "hf-zpd train", TrainCommandArguments, TRAIN_DESCRIPTION, argv, defaults
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    trainer.save_state()
-    if not trainer.is_world_process_zero():
+    if command_args.plain_trainer and command_args.compare_plain_trainer:
+        raise ValueError("--plain_trainer and --compare_plain_trainer exclude each other: pick one.")
+    zpd = _train_once(data_args, training_args, plain=command_args.plain_trainer)
+    if not zpd.is_main_process:
         return 0
-    kind = "Plain Trainer (uniform baseline)" if command_args.plain_trainer else "ZPD curriculum"
-    title = (
-        f"\n{kind} summary ({model_label(model_path)}, {len(splits['train'])} train / {len(splits['eval'])} eval, "
-        f"dataset {data_args.dataset})"
-    )
-    print(format_summary(trainer.state.log_history, math.ceil(trainer.state.epoch or 0), title))
+    print(zpd.summary)
+    if command_args.compare_plain_trainer:
+        plain_args = dataclasses_replace(training_args, output_dir=f"{training_args.output_dir}-plain_trainer")
+        plain = _train_once(data_args, plain_args, plain=True)
+        print(plain.summary)
+        print(comparison(zpd, plain))
     saved = "Model and checkpoints" if command_args.plain_trainer else "Model, checkpoints and curriculum"
     print(f"{saved}: {training_args.output_dir}")
     if command_args.report:
@@ -227,22 +260,106 @@ def train_command(argv: list[str]) -> int:
     return 0
 
 
+@dataclass
+class TrainedRun:
+    """What one `hf-zpd train` run printed and measured."""
+
+    is_main_process: bool
+    summary: str = ""
+    label: str = ""
+    final_metric: tuple[str, float] | None = None
+    train_seconds: float | None = None
+    steps: int = 0
+
+
+def dataclasses_replace(args, **changes):
+    """A copy of a TrainingArguments with `changes`, through its own constructor (so `__post_init__` runs again)."""
+    import dataclasses
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
+    values.update(changes)
+    return type(args)(**values)
+
+
+def _train_once(data_args: DataArguments, training_args, plain: bool) -> TrainedRun:
+    from transformers import Trainer, set_seed
+
+    from .trainer import ZPDTrainer
+
+    set_seed(training_args.seed)
+    model, tokenizer, splits, collator, model_path = _load_task_data(data_args, training_args.seed)
+    trainer_class = Trainer if plain else ZPDTrainer
+    trainer = trainer_class(
+        model=model,
+        args=training_args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["eval"] if training_args.eval_strategy != "no" else None,
+        processing_class=tokenizer,
+        data_collator=collator,
+        compute_metrics=compute_accuracy if data_args.task == "classification" else None,
+    )
+    output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.save_state()
+    if not trainer.is_world_process_zero():
+        return TrainedRun(False)
+    from .epoch_table import evaluations, render_epoch_table
+
+    label = "Plain Trainer (uniform baseline)" if plain else "ZPD curriculum"
+    title = (
+        f"\n{label} summary ({model_label(model_path)}, {len(splits['train'])} train / {len(splits['eval'])} eval, "
+        f"dataset {data_args.dataset}); epochs are numbered as the Trainer logs them"
+    )
+    table = render_epoch_table(trainer.state.log_history, num_epochs=math.ceil(trainer.state.epoch or 0), style="text")
+    summary = f"{title}\n{table}"
+    if not plain:
+        from .epoch_table import LEGEND
+
+        summary += "\n" + LEGEND
+    evals = evaluations(trainer.state.log_history)
+    metric = None
+    if evals:
+        name = "eval_accuracy" if "eval_accuracy" in evals[-1] else "eval_loss"
+        metric = (name, float(evals[-1][name]))
+    return TrainedRun(True, summary, label, metric, output.metrics.get("train_runtime"), output.global_step)
+
+
+def comparison(zpd: TrainedRun, plain: TrainedRun) -> str:
+    """One paragraph: the final metric and the time of both runs, and the difference."""
+    lines = ["\nZPD curriculum against the plain Trainer (same data, seed and arguments):"]
+    if zpd.final_metric and plain.final_metric and zpd.final_metric[0] == plain.final_metric[0]:
+        name, ours = zpd.final_metric
+        theirs = plain.final_metric[1]
+        unit = " points" if name == "eval_accuracy" else ""
+        scale = 100 if name == "eval_accuracy" else 1
+        lines.append(
+            f"  final {name.removeprefix('eval_')}: ZPD {ours:.4f}, plain {theirs:.4f} "
+            f"(ZPD - plain: {scale * (ours - theirs):+.2f}{unit}; one run each, so this is one sample of the seed "
+            "spread: examples/results/study/ measures it over seeds)"
+        )
+    if zpd.train_seconds and plain.train_seconds:
+        lines.append(
+            f"  training time: ZPD {zpd.train_seconds:.0f} s (scoring passes included), plain {plain.train_seconds:.0f} s"
+            f"; {zpd.steps} and {plain.steps} optimizer steps"
+        )
+    return "\n".join(lines)
+
+
 def score_command(argv: list[str]) -> int:
     from transformers import set_seed
 
-    from .config import ZPDConfig
-    from .curriculum import atomic_write_bytes
+    from ._io import atomic_write_bytes
     from .data import DataError
     from .trainer import ZPDTrainer
 
-    parser = _parser(
+    data_args, command_args, training_args = _parse(
         "hf-zpd score",
-        (DataArguments, ScoreCommandArguments, ZPDConfig),
+        ScoreCommandArguments,
         "Score every example of a dataset with a model and write its loss, confidence, entropy, competence and "
         "difficulty to parquet.",
+        argv,
+        {"output_dir": os.path.join("runs", "hf-zpd-score"), "report_to": "none"},
     )
-    parser.set_defaults(output_dir=os.path.join("runs", "hf-zpd-score"), report_to="none")
-    data_args, command_args, training_args = parser.parse_args_into_dataclasses(argv)
     if not command_args.output.endswith(".parquet"):
         raise DataError(f"--output {command_args.output!r} must be a .parquet file.")
     set_seed(training_args.seed)
@@ -274,45 +391,6 @@ def report_command(argv: list[str]) -> int:
     folder = write_report(args.run_dir, args.output_dir)
     print(f"Report: {os.path.join(folder, 'report.md')}")
     return 0
-
-
-def format_summary(log_history: list[dict], num_epochs: int, title: str) -> str:
-    """A table with one row per trained epoch: the zone it drew from and the evaluation after it.
-
-    The `zpd/*` row of epoch e is logged when its zone is chosen (after epoch e-1's scoring pass, or before
-    training); the evaluation of epoch e is logged at its end, with `epoch` equal to e + 1.
-    """
-    zones = {int(entry["zpd/epoch"]): entry for entry in log_history if "zpd/epoch" in entry}
-    evals = {round(entry["epoch"]): entry for entry in log_history if "eval_loss" in entry}
-    metric = "eval_accuracy" if any("eval_accuracy" in entry for entry in evals.values()) else "eval_loss"
-    header = (
-        f"{'epoch':>5}  {'trained on':<22}  {'pool PPL':>8}  {'band [lower, upper]':>19}  {'in zone':>7}  "
-        f"{'selected':>8}  {'widened':>7}  {metric.removeprefix('eval_'):>8}"
-    )
-    lines = [title, header, "-" * len(header)]
-    for epoch in range(num_epochs):
-        zone = zones.get(epoch)
-        evaluation = evals.get(epoch + 1)
-        value = f"{evaluation[metric]:.4f}" if evaluation and metric in evaluation else "-"
-        if zone is None:
-            lines.append(
-                f"{epoch + 1:>5}  {'whole set (no scores)':<22}  {'-':>8}  {'-':>19}  {'-':>7}  "
-                f"{'-':>8}  {'-':>7}  {value:>8}"
-            )
-            continue
-        band = f"[{zone['zpd/band_lower']:.3f}, {zone['zpd/band_upper']:.3f}]"
-        lines.append(
-            f"{epoch + 1:>5}  {'ZPD zone':<22}  {zone['zpd/ppl']:>8.3f}  {band:>19}  "
-            f"{zone['zpd/zone_fraction']:>7.1%}  {int(zone['zpd/num_selected']):>8}  "
-            f"{int(zone['zpd/num_widened']):>7}  {value:>8}"
-        )
-    if zones:
-        lines.append(
-            "pool PPL: exp(mean loss) of the training pool at the scoring pass before the epoch; band: the zone's "
-            "edges on the difficulty scale (band_lower x D, band_upper x D); in zone: share of the pool inside the "
-            "band; widened: examples added because the band held fewer than the minimum."
-        )
-    return "\n".join(lines)
 
 
 def model_label(model_path: str) -> str:

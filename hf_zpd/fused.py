@@ -28,7 +28,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .statistics import IGNORE_INDEX, ExampleStatistics
+from .statistics import IGNORE_INDEX, ExampleStatistics, chunk_statistics
 
 # Causal LMs whose forward was read in transformers 5.24 (`modeling_<name>.py`): after the decoder, it does exactly
 #     hidden_states = slice_logits_to_keep(hidden_states, logits_to_keep)
@@ -134,9 +134,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         normaliser = torch.as_tensor(normaliser, dtype=torch.float64, device=device)
         inverse_normaliser = normaliser.reciprocal().to(upcast_dtype)  # a 0-dim tensor: no host sync
 
-        loss_sum = torch.zeros(num_examples, dtype=torch.float64, device=device)  # (B,)
-        confidence_sum = torch.zeros_like(loss_sum)
-        entropy_sum = torch.zeros_like(loss_sum)
+        stats = ExampleStatistics.zeros(num_examples, vocab_size, device)  # float64 sums, (B,) each
         if compute_grad:
             grad_rows = torch.empty_like(hidden_rows)  # (n, H); every row is written below
             # A single GEMM in the standard path accumulates dL/dW in fp32 even for bf16 inputs; summing bf16
@@ -156,25 +154,13 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
                 # The only vocabulary-sized tensors alive: this upcast copy (the same tensor in fp32) and its exp.
                 shifted = logits.to(upcast_dtype)  # (c, V)
                 del logits
-                shifted -= shifted.max(dim=-1, keepdim=True).values
-                target_shifted = shifted.gather(1, chunk_targets.unsqueeze(1)).squeeze(1)  # (c,)
-                # A -inf logit would give 0 * -inf = NaN in the entropy; its probability is 0 either way. The
-                # target's logit was read before, so an impossible target still gives an infinite loss (as
-                # statistics.py does).
-                shifted.clamp_(min=torch.finfo(upcast_dtype).min)
-                exponentials = shifted.exp()  # (c, V)
-                normalisers = exponentials.sum(dim=-1)  # (c,)
-                weighted = torch.linalg.vecdot(exponentials, shifted)  # (c,), sum_v exp(z'_v) z'_v
+                token = chunk_statistics(shifted, chunk_targets, log_vocab)  # the kernel of the standard path
                 del shifted
-                log_normalisers = normalisers.log()
-                owners = example_of_row[start:stop]
-                loss_sum.index_add_(0, owners, (log_normalisers - target_shifted).double())
-                confidence_sum.index_add_(0, owners, normalisers.reciprocal().double())
-                entropy_sum.index_add_(0, owners, ((log_normalisers - weighted / normalisers) / log_vocab).double())
+                stats.add_rows(example_of_row[start:stop], token)
                 if not compute_grad:
                     continue
                 # dL/dz in place of the exponentials: softmax, minus one at the target, over N.
-                grad_logits = exponentials.div_(normalisers.unsqueeze(1))
+                grad_logits = token.exponentials.div_(token.normalisers.unsqueeze(1))
                 grad_logits.scatter_add_(1, chunk_targets.unsqueeze(1), grad_logits.new_full((stop - start, 1), -1.0))
                 grad_logits.mul_(inverse_normaliser)
                 # The standard path's `.float()` hands the linear layer a gradient in the compute dtype: round alike.
@@ -186,7 +172,9 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
                     grad_weight += grad_logits.T @ rows
                 if grad_bias is not None:
                     grad_bias += grad_logits.sum(dim=0)
+                del token, grad_logits
 
+        loss_sum, confidence_sum, entropy_sum = stats.loss_sum, stats.confidence_sum, stats.entropy_sum
         loss = (loss_sum.sum() / normaliser).to(upcast_dtype)
         ctx.mark_non_differentiable(loss_sum, confidence_sum, entropy_sum)
         ctx.has_bias = bias is not None
@@ -236,6 +224,15 @@ def fused_linear_cross_entropy(
     return loss, ExampleStatistics(loss_sum, confidence_sum, entropy_sum, num_tokens, weight.shape[0])
 
 
+def logit_transform_fields(config) -> list[str]:
+    """The config's settings (`field=value`) that transform the logits between `lm_head` and the loss."""
+    return [
+        f"{field}={getattr(config, field)!r}"
+        for field in _LOGIT_TRANSFORM_FIELDS
+        if getattr(config, field, None) is not None
+    ]
+
+
 def check_fused_support(model: nn.Module) -> None:
     """Raises unless `model` is a causal LM whose loss the fused head reproduces exactly.
 
@@ -271,13 +268,12 @@ def check_fused_support(model: nn.Module) -> None:
             f"The fused causal-LM head does not support {name} from {type(model).__module__}: only the transformers "
             f"class of that name was checked, and a subclass may change its forward. {_STANDARD_PATH}"
         )
-    for field in _LOGIT_TRANSFORM_FIELDS:
-        value = getattr(config, field, None)
-        if value is not None:
-            raise ValueError(
-                f"The fused causal-LM head does not support {name} with config.{field}={value!r}: it transforms the "
-                f"logits before the loss, which the fused head would skip. {_STANDARD_PATH}"
-            )
+    transforms = logit_transform_fields(config)
+    if transforms:
+        raise ValueError(
+            f"The fused causal-LM head does not support {name} with config.{transforms[0]}: it transforms the "
+            f"logits before the loss, which the fused head would skip. {_STANDARD_PATH}"
+        )
     head = model.get_output_embeddings()
     if isinstance(head, _PassThroughHead):
         raise ValueError(f"The fused causal-LM head is already active on this {name}; contexts cannot be nested.")

@@ -1,35 +1,41 @@
-"""The curriculum as data: what each epoch selected, with every scored example's statistics, saved as one parquet file.
+"""The curriculum record: what every epoch drew and why, with every scored example's statistics, as one parquet file.
 
-A record holds, for every epoch that drew from a zone, the examples of the scoring pass behind that zone (one row per
-(epoch, scored example), with a `selected` flag), the band edges, the perplexities, and the run's settings. It is the
-file `zpd_curriculum.parquet`: the rows are plain columns (readable by `pandas`, `pyarrow` and
-`datasets.load_dataset("parquet", ...)`), and the settings and the per-epoch `zpd/*` metrics are JSON under the key
-`hf_zpd` of the parquet schema metadata, so the file is self-contained. It is written through a temporary file and an
-atomic rename, and read with pyarrow and `json` only (no pickle).
+A record holds, for every epoch of a run, how many times each training example was drawn, the zone it was drawn
+around, the band, the scores of the scoring pass behind it, the per-epoch `zpd/*` metrics and the run's settings. It
+is the file `zpd_curriculum.parquet`, written into the run's `output_dir` and into every checkpoint (through a
+temporary file and an atomic rename); a checkpoint's record is the one source of its zones, draws and score history.
+The rows are plain columns (readable by `pandas`, `pyarrow` and `datasets.load_dataset("parquet", ...)`); the settings
+and the per-epoch metadata are JSON under the key `hf_zpd` of the parquet schema metadata, so the file is
+self-contained. It is read with pyarrow and `json` only (no pickle).
 
-Columns, one row per (epoch, scored example):
+Epochs are numbered as the Trainer logs them: the first epoch is epoch 1. Columns, one row per (epoch, example that
+was scored for the epoch or drawn in it):
 
 | column | type | meaning |
 |---|---|---|
-| `epoch` | int64 | the epoch whose zone the row belongs to |
+| `epoch` | int64 | the epoch the row belongs to (1 = the first) |
 | `index` | int64 | the example's position in the training set |
 | `example_id` | int64 or string | the example's id, from the dataset's id column (only when it has one) |
-| `selected` | bool | in the zone the epoch drew from (after any widening) |
-| `in_band` | bool | inside the band `[band_lower, band_upper]` before widening |
+| `label` | int64 | the example's class, when the epoch was class-balanced (null otherwise) |
+| `in_zone` | bool | in the zone the epoch was drawn around (after any widening) |
+| `in_band` | bool | inside its band before widening |
+| `out_of_reach` | bool | excluded by the learnability guard |
+| `draws` | int64 | how many times the epoch drew the example (annealing draws included) |
+| `anneal_draws` | int64 | how many of those were the uniform annealing draws at the end of the epoch |
 | `loss` | float64 | mean cross-entropy over the example's supervised positions |
 | `confidence` | float64 | mean max-probability |
 | `entropy` | float64 | mean entropy, divided by log V |
 | `competence` | float64 | `wL (1 - min(loss / log V, 1)) + wC confidence + wH (1 - entropy)` |
 | `difficulty` | float64 | `exp(log V (1 - competence))`, the effective perplexity |
-| `num_tokens` | int64 | supervised positions (0: never selected); null where the scores were not recorded |
-| `scored_at` | int64 | the epoch boundary of the scoring pass behind the zone (below `epoch` when `rescore_every` > 1) |
-| `level` | float64 | the model's level D on the difficulty scale, for the epoch |
-| `band_lower`, `band_upper` | float64 | the band's edges on the difficulty scale, for the epoch |
+| `num_tokens` | int64 | supervised positions (0: never drawn from the zone); null where not scored |
+| `scored_at` | int64 | the scoring pass behind the epoch: the number of epochs trained before it (null: none) |
+| `level` | float64 | the model's level D for the example's band (its class's with class balance) |
+| `band_lower`, `band_upper` | float64 | that band's edges on the difficulty scale |
 | `ppl` | float64 | the pool's perplexity exp(mean loss), for the epoch |
-| `running_ppl` | float64 | the running training perplexity when the zone was chosen |
+| `running_ppl` | float64 | the running training perplexity when the epoch was planned |
 
-A statistic is NaN where the model gave non-finite values, and for every row of an epoch whose scores were not
-recorded (a run resumed from a checkpoint written before records existed): the selection is then still exact.
+Records of format 1 (hf_zpd 0.1: zones only, epochs counted from 0, the `selected` column) are read too, with their
+epochs renumbered from 1; they cannot be replayed, because that version drew its epochs by another rule.
 """
 
 from __future__ import annotations
@@ -38,126 +44,139 @@ import io
 import json
 import math
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .band import log_difficulty, select_zone
-from .curriculum import atomic_write_bytes
+from ._io import atomic_write_bytes, package_version
+from .band import log_difficulty
 from .scoring import ScoreTable
 
 RECORD_NAME = "zpd_curriculum.parquet"
-RECORD_FORMAT_VERSION = 1
+RECORD_FORMAT_VERSION = 2
+LEGACY_FORMAT_VERSION = 1
 METADATA_KEY = b"hf_zpd"
 # Columns searched, in this order, for a stable example id when the user names none.
 ID_COLUMN_CANDIDATES = ("id", "idx", "example_id", "guid")
-# Settings a replay must share with the record, because the draw of every epoch is a function of them.
-DRAW_SETTINGS = ("epoch_fraction", "replay_fraction", "seed", "score_before_training")
 CURATED_PREFIX = "zpd_"
-TEMPLATES = resources.files("hf_zpd.templates")  # model_cards/templates/ in the source tree
-CURRICULUM_CARD_TEMPLATE = "curriculum_card.md"
-MODEL_CARD_TEMPLATE = "model_card.md"
-# Marks the curriculum section of a model card, so that rendering the card twice does not repeat it.
-MODEL_CARD_MARKER = "<!-- hf_zpd curriculum section -->"
 
 _STATISTICS = ("loss", "confidence", "entropy")
-_EPOCH_COLUMNS = {
-    "level": "zpd/level",
-    "band_lower": "zpd/band_lower",
-    "band_upper": "zpd/band_upper",
-    "ppl": "zpd/ppl",
-    "running_ppl": "zpd/running_ppl",
-}
+_FLAGS = ("in_zone", "in_band", "out_of_reach")
+_COUNTS = ("draws", "anneal_draws")
+_EPOCH_COLUMNS = {"ppl": "zpd/ppl", "running_ppl": "zpd/running_ppl"}
+_BAND_COLUMNS = ("level", "band_lower", "band_upper")
 _ROW_COLUMNS = (
     "epoch",
     "index",
-    "selected",
-    "in_band",
+    "label",
+    *_FLAGS,
+    *_COUNTS,
     *_STATISTICS,
     "competence",
     "difficulty",
     "num_tokens",
     "scored_at",
+    *_BAND_COLUMNS,
     *_EPOCH_COLUMNS,
 )
-_REQUIRED_COLUMNS = ("epoch", "index", "selected", *_STATISTICS, "num_tokens", "scored_at")
-
-
-def _package_version() -> str:
-    # Read at call time: `hf_zpd/__init__.py` imports this module before it defines `__version__`.
-    from . import __version__
-
-    return __version__
+_REQUIRED_COLUMNS = ("epoch", "index", *_FLAGS, *_COUNTS, *_STATISTICS, "num_tokens", "scored_at")
+_LEGACY_REQUIRED_COLUMNS = ("epoch", "index", "selected", *_STATISTICS, "num_tokens", "scored_at")
 
 
 @dataclass
 class ScoreHistory:
-    """Every scoring pass of a run, and which pass each epoch's zone was chosen from.
+    """Every scoring pass of a run, by the number of epochs trained before it (its boundary).
 
-    The trainer's [`CurriculumState`] keeps only the last two passes (all that a resumed run needs to draw); this
-    keeps them all, by reference (the tables are never modified after a pass). It is not in `zpd_state.safetensors`:
-    it lives in the record file written beside it, and is read back from there on resume.
+    The tables are never modified after a pass, so they are kept by reference.
 
     Args:
-        tables (`dict[int, ScoreTable]`): the epoch boundary at which each pass ran -> its table.
-        scored_at (`dict[int, int]`): epoch -> the boundary (a key of `tables`) whose scores chose its zone.
+        tables (`dict[int, ScoreTable]`): boundary -> the pass's table (boundary 0: before training).
     """
 
     tables: dict[int, ScoreTable] = field(default_factory=dict)
-    scored_at: dict[int, int] = field(default_factory=dict)
 
-    def remember(self, epoch: int, boundary: int, table: ScoreTable) -> None:
-        self.tables[boundary] = table
-        self.scored_at[epoch] = boundary
+    def latest(self, before: int | None = None) -> tuple[int, ScoreTable] | None:
+        """The last pass (at a boundary below `before`, when given), as `(boundary, table)`; `None` if there is none."""
+        boundaries = [b for b in self.tables if before is None or b < before]
+        if not boundaries:
+            return None
+        boundary = max(boundaries)
+        return boundary, self.tables[boundary]
 
-    def table_for(self, epoch: int) -> ScoreTable | None:
-        boundary = self.scored_at.get(epoch)
-        return None if boundary is None else self.tables.get(boundary)
+
+@dataclass
+class EpochDraw:
+    """What one epoch drew, and the zone and band it was drawn around.
+
+    Args:
+        epoch (`int`): the epoch (1 = the first).
+        counts (`np.ndarray` of int64, shape `(dataset_size,)`): draws per example; sums to the epoch's length.
+        anneal_counts (`np.ndarray` of int64, shape `(dataset_size,)`): the uniform annealing part of `counts`.
+        zone (`np.ndarray` of int64, *optional*): the zone (ascending dataset indices); `None` for an epoch drawn
+            uniformly because no scores existed yet.
+        in_band (`np.ndarray` of int64): examples inside their band before widening.
+        out_of_reach (`np.ndarray` of int64): examples the learnability guard excluded.
+        scored_at (`int`, *optional*): the boundary of the scoring pass behind the epoch; `None` if none.
+        bands (`dict`): the band of each group, `label -> (level, lower, upper)` on the difficulty scale; the label
+            is `-1` for a band over the whole pool.
+        metrics (`dict[str, float]`): the `zpd/*` metrics logged when the epoch was planned.
+    """
+
+    epoch: int
+    counts: np.ndarray
+    anneal_counts: np.ndarray
+    zone: np.ndarray | None = None
+    in_band: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    out_of_reach: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    scored_at: int | None = None
+    bands: dict[int, tuple[float, float, float]] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.counts.sum())
 
 
 @dataclass
 class CurriculumRecord:
-    """A run's curriculum: each epoch's zone, the scores behind it, the per-epoch metrics and the settings.
+    """A run's curriculum: every epoch's draws, the zones and scores behind them, the metrics and the settings.
 
-    Build one with [`ZPDTrainer.curriculum_record`], read one with [`load_curriculum`].
+    A trainer keeps its live record as `trainer.curriculum`; [`load_curriculum`] reads a saved one.
 
     Args:
-        settings (`dict[str, Any]`):
-            The run's settings: `dataset_size`, `band_lower`, `band_upper`, `difficulty_mode`, `competence_weights`
-            (the effective ones), `min_zone_fraction`, `replay_fraction`, `epoch_fraction`, `seed` (the draw's seed),
-            `score_before_training`, `rescore_every`, `scoring_pool_size`, `num_train_epochs`, and where known
-            `base_model` and `source_dataset`.
-        zones (`dict[int, np.ndarray]`): epoch -> the ascending dataset indices it drew from.
-        history (`ScoreHistory`): the scoring passes behind the zones.
-        epoch_metrics (`dict[int, dict[str, float]]`): epoch -> the `zpd/*` metrics logged when its zone was chosen.
+        settings (`dict[str, Any]`): the run's settings (`dataset_size`, the band, the composition, `seed`, ...).
+        epochs (`dict[int, EpochDraw]`): epoch -> what it drew.
+        history ([`ScoreHistory`]): the scoring passes behind the epochs.
+        labels (`np.ndarray` of int64, *optional*): each example's class, when the run balanced classes (-1: unknown).
         example_ids (`np.ndarray` of objects, *optional*): the id of every example, `None` where unknown.
         id_column (`str`, *optional*): the dataset column the ids came from.
         source (`str`, *optional*): the file it was read from, named in error messages.
+        format_version (`int`, *optional*, defaults to 2): the format it was read from.
 
     Example:
 
     ```python
     >>> record = hf_zpd.load_curriculum("out")  # a folder, a .parquet file, or a Hub dataset repo id  # doctest: +SKIP
-    >>> record.zones[1][:5], record.settings["band_lower"]  # doctest: +SKIP
+    >>> record.zones[2][:5], record.settings["band_lower"]  # doctest: +SKIP
     (array([ 0,  3,  4,  9, 12]), 1.1)
-    >>> record.to_pandas().query("epoch == 1 and selected")  # doctest: +SKIP
+    >>> record.epochs[2].counts  # how many times epoch 2 drew each training example  # doctest: +SKIP
+    >>> record.to_pandas().query("epoch == 2 and in_zone")  # doctest: +SKIP
 
     ```
     """
 
     settings: dict[str, Any]
-    zones: dict[int, np.ndarray] = field(default_factory=dict)
+    epochs: dict[int, EpochDraw] = field(default_factory=dict)
     history: ScoreHistory = field(default_factory=ScoreHistory)
-    epoch_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
+    labels: np.ndarray | None = None
     example_ids: np.ndarray | None = None
     id_column: str | None = None
     source: str | None = None
+    format_version: int = RECORD_FORMAT_VERSION
 
     @property
     def dataset_size(self) -> int:
@@ -167,60 +186,77 @@ class CurriculumRecord:
     def competence_weights(self) -> tuple[float, float, float]:
         return tuple(float(w) for w in self.settings["competence_weights"])
 
+    @property
+    def zones(self) -> dict[int, np.ndarray]:
+        """Epoch -> its zone (ascending dataset indices), for the epochs drawn around one."""
+        return {epoch: draw.zone for epoch, draw in sorted(self.epochs.items()) if draw.zone is not None}
+
+    @property
+    def epoch_metrics(self) -> dict[int, dict[str, float]]:
+        """Epoch -> the `zpd/*` metrics logged when it was planned."""
+        return {epoch: draw.metrics for epoch, draw in sorted(self.epochs.items()) if draw.metrics}
+
+    @property
+    def latest_scores(self) -> ScoreTable | None:
+        """The table of the last scoring pass, or `None` before the first."""
+        latest = self.history.latest()
+        return None if latest is None else latest[1]
+
+    def scores_for(self, epoch: int) -> ScoreTable | None:
+        """The table of the scoring pass behind `epoch`, or `None`."""
+        draw = self.epochs.get(epoch)
+        if draw is None or draw.scored_at is None:
+            return None
+        return self.history.tables.get(draw.scored_at)
+
     # ---- rows ----
 
     def epoch_rows(self, epoch: int) -> dict[str, np.ndarray]:
         """The rows of one epoch as columns (see the module docstring), in ascending dataset index."""
-        zone = np.asarray(self.zones[epoch], dtype=np.int64)
-        if zone.size > 1 and not (np.diff(zone) > 0).all():
-            raise ValueError(
-                f"The zone of epoch {epoch} is not ascending and unique; a record stores zones as sets of rows, so "
-                "it could not give the same draw back."
-            )
-        table = self.history.table_for(epoch)
+        draw = self.epochs[epoch]
+        size = self.dataset_size
+        table = self.scores_for(epoch)
+        scored = np.zeros(size, dtype=bool) if table is None else ~np.isnan(table.num_tokens)
+        zone = np.zeros(size, dtype=bool)
+        if draw.zone is not None:
+            zone[draw.zone] = True
+        rows = np.flatnonzero(scored | zone | (draw.counts > 0))
+        columns: dict[str, np.ndarray] = {"epoch": np.full(rows.size, epoch, dtype=np.int64), "index": rows}
+        labels = self.labels if self.labels is not None and draw.bands and -1 not in draw.bands else None
+        columns["label"] = labels[rows].astype(np.float64) if labels is not None else np.full(rows.size, np.nan)
+        columns["label"][columns["label"] < 0] = np.nan
+        columns["in_zone"] = zone[rows]
+        columns["in_band"] = np.isin(rows, draw.in_band)
+        columns["out_of_reach"] = np.isin(rows, draw.out_of_reach)
+        columns["draws"] = draw.counts[rows]
+        columns["anneal_draws"] = draw.anneal_counts[rows]
         if table is None:
-            rows = zone
-            statistics = {name: np.full(rows.size, np.nan) for name in (*_STATISTICS, "competence", "difficulty")}
-            num_tokens = np.full(rows.size, np.nan)
-            in_band = np.zeros(rows.size, dtype=bool)
+            for name in (*_STATISTICS, "competence", "difficulty", "num_tokens"):
+                columns[name] = np.full(rows.size, np.nan)
         else:
-            pool = np.flatnonzero(~np.isnan(table.num_tokens))
-            rows = np.union1d(pool, zone)
+            for name in _STATISTICS:
+                columns[name] = getattr(table, name)[rows]
             example_competence = table.competence(self.competence_weights)
-            log_d = log_difficulty(example_competence, table.vocab_size)
-            # The band alone (no minimum size), by the same function and inputs as the trainer's selection.
-            band = select_zone(
-                log_d[pool],
-                self.settings["band_lower"],
-                self.settings["band_upper"],
-                min_size=0,
-                valid=table.finite()[pool],
-            )
-            in_band = np.isin(rows, pool[band.indices])
-            statistics = {name: getattr(table, name)[rows] for name in _STATISTICS}
-            statistics["competence"] = example_competence[rows]
-            statistics["difficulty"] = np.exp(log_d[rows])
-            num_tokens = table.num_tokens[rows]
-        metrics = self.epoch_metrics.get(epoch, {})
-        boundary = self.history.scored_at.get(epoch)
-        columns: dict[str, np.ndarray] = {
-            "epoch": np.full(rows.size, epoch, dtype=np.int64),
-            "index": rows,
-            "selected": np.isin(rows, zone),
-            "in_band": in_band,
-            **statistics,
-            "num_tokens": num_tokens,
-            "scored_at": np.full(rows.size, np.nan if boundary is None else boundary),
-        }
+            columns["competence"] = example_competence[rows]
+            columns["difficulty"] = np.exp(log_difficulty(example_competence, table.vocab_size))[rows]
+            columns["num_tokens"] = table.num_tokens[rows]
+        columns["scored_at"] = np.full(rows.size, np.nan if draw.scored_at is None else draw.scored_at)
+        band = np.full((rows.size, 3), np.nan)
+        for label, edges in draw.bands.items():
+            members = np.ones(rows.size, dtype=bool) if label == -1 else columns["label"] == label
+            band[members] = edges
+        for position, name in enumerate(_BAND_COLUMNS):
+            columns[name] = band[:, position]
         for column, key in _EPOCH_COLUMNS.items():
-            columns[column] = np.full(rows.size, float(metrics.get(key, math.nan)))
+            columns[column] = np.full(rows.size, float(draw.metrics.get(key, math.nan)))
         return columns
 
     def to_arrow(self) -> pa.Table:
-        """The record as a pyarrow table, with the settings and per-epoch metrics in its schema metadata."""
-        parts = [self.epoch_rows(epoch) for epoch in sorted(self.zones)]
-        columns = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]} if parts else None
-        if columns is None:  # no epoch has drawn from a zone yet: the settings alone, and no rows
+        """The record as a pyarrow table, with the settings and per-epoch metadata in its schema metadata."""
+        parts = [self.epoch_rows(epoch) for epoch in sorted(self.epochs)]
+        if parts:
+            columns = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        else:  # nothing drawn yet: the settings alone, and no rows
             columns = {name: np.zeros(0) for name in _ROW_COLUMNS}
         index = columns["index"].astype(np.int64)
         arrays: dict[str, pa.Array] = {
@@ -229,16 +265,16 @@ class CurriculumRecord:
         }
         if self.id_column is not None and self.example_ids is not None:
             arrays["example_id"] = _id_array(self.example_ids[index])
-        for name in ("selected", "in_band"):
+        arrays["label"] = _nullable_int(columns["label"])
+        for name in _FLAGS:
             arrays[name] = pa.array(columns[name].astype(bool), pa.bool_())
+        for name in _COUNTS:
+            arrays[name] = pa.array(columns[name].astype(np.int64), pa.int64())
         for name in (*_STATISTICS, "competence", "difficulty"):
             arrays[name] = pa.array(columns[name], pa.float64())
         for name in ("num_tokens", "scored_at"):
-            # NaN here means "not recorded": stored as a null integer.
-            values = np.asarray(columns[name], dtype=np.float64)
-            unknown = np.isnan(values)
-            arrays[name] = pa.array(np.where(unknown, 0, values).astype(np.int64), pa.int64(), mask=unknown)
-        for name in _EPOCH_COLUMNS:
+            arrays[name] = _nullable_int(columns[name])
+        for name in (*_BAND_COLUMNS, *_EPOCH_COLUMNS):
             arrays[name] = pa.array(columns[name], pa.float64())
         table = pa.table(arrays)
         return table.replace_schema_metadata({METADATA_KEY: json.dumps(self._metadata()).encode()})
@@ -250,16 +286,18 @@ class CurriculumRecord:
     def _metadata(self) -> dict[str, Any]:
         return {
             "format_version": RECORD_FORMAT_VERSION,
-            "hf_zpd_version": _package_version(),
+            "hf_zpd_version": package_version(),
             "settings": self.settings,
             "id_column": self.id_column if self.example_ids is not None else None,
             "vocab_size": {str(boundary): table.vocab_size for boundary, table in self.history.tables.items()},
             "epochs": {
                 str(epoch): {
-                    "scored_at": self.history.scored_at.get(epoch),
-                    "metrics": self.epoch_metrics.get(epoch, {}),
+                    "scored_at": draw.scored_at,
+                    "has_zone": draw.zone is not None,
+                    "bands": [[label, *edges] for label, edges in sorted(draw.bands.items())],
+                    "metrics": draw.metrics,
                 }
-                for epoch in sorted(self.zones)
+                for epoch, draw in sorted(self.epochs.items())
             },
         }
 
@@ -280,11 +318,11 @@ class CurriculumRecord:
 
     @classmethod
     def load(cls, path: str) -> CurriculumRecord:
-        """Reads a record file.
+        """Reads a record file (format 2, or format 1 of hf_zpd 0.1).
 
         Raises:
-            `ValueError`: the file is unreadable, not a curriculum record, or of another format version; the message
-                names the file.
+            `ValueError`: the file is unreadable, not a curriculum record, or of an unknown format version; the
+                message names the file.
         """
         path = os.fspath(path)
         try:
@@ -302,14 +340,15 @@ class CurriculumRecord:
                 "save it again from the run (trainer.save_curriculum), or take the copy in a checkpoint folder."
             ) from error
         version = metadata.get("format_version")
-        if version != RECORD_FORMAT_VERSION:
+        if version not in (RECORD_FORMAT_VERSION, LEGACY_FORMAT_VERSION):
             raise ValueError(
                 f"The curriculum record {path} has format version {version} (written by hf_zpd "
-                f"{metadata.get('hf_zpd_version')}), but this hf_zpd ({_package_version()}) reads version "
-                f"{RECORD_FORMAT_VERSION}. Load it with the hf_zpd version that wrote it."
+                f"{metadata.get('hf_zpd_version')}), but this hf_zpd ({package_version()}) reads versions "
+                f"{LEGACY_FORMAT_VERSION} and {RECORD_FORMAT_VERSION}. Load it with the hf_zpd version that wrote it."
             )
+        reader = cls._from_arrow if version == RECORD_FORMAT_VERSION else cls._from_legacy_arrow
         try:
-            return cls._from_arrow(table, metadata, path)
+            return reader(table, metadata, path)
         except (KeyError, TypeError, ValueError, IndexError) as error:
             raise ValueError(
                 f"The curriculum record {path} is inconsistent ({type(error).__name__}: {error}). The file is damaged "
@@ -318,60 +357,94 @@ class CurriculumRecord:
 
     @classmethod
     def _from_arrow(cls, table: pa.Table, metadata: dict[str, Any], source: str) -> CurriculumRecord:
-        missing = [name for name in _REQUIRED_COLUMNS if name not in table.column_names]
-        if missing:
-            raise KeyError(f"missing columns {missing}")
+        column = _column_reader(table, _REQUIRED_COLUMNS)
         settings = metadata["settings"]
         size = int(settings["dataset_size"])
-
-        def column(name: str) -> np.ndarray:
-            # Nulls (unrecorded integers) become NaN.
-            values = table.column(name)
-            if values.null_count:
-                values = values.cast(pa.float64()).fill_null(math.nan)
-            return values.to_numpy(zero_copy_only=False)
-
         epoch, index = column("epoch").astype(np.int64), column("index").astype(np.int64)
         if index.size and (index.min() < 0 or index.max() >= size):
             raise IndexError(f"dataset indices outside [0, {size})")
-        selected = column("selected").astype(bool)
-        num_tokens = column("num_tokens").astype(np.float64)
-        scored_at = column("scored_at").astype(np.float64)
-        statistics = {name: column(name).astype(np.float64) for name in _STATISTICS}
-        vocab_sizes = {int(boundary): int(v) for boundary, v in metadata["vocab_size"].items()}
-
-        zones: dict[int, np.ndarray] = {}
-        history = ScoreHistory()
-        for value in np.unique(epoch):
+        flags = {name: column(name).astype(bool) for name in _FLAGS}
+        counts = {name: column(name).astype(np.int64) for name in _COUNTS}
+        history = _history_from_rows(column, epoch, index, size, metadata["vocab_size"])
+        labels = None
+        if "label" in table.column_names:
+            label = column("label")
+            if np.isfinite(label).any():
+                labels = np.full(size, -1, dtype=np.int64)
+                known = np.isfinite(label)
+                labels[index[known]] = label[known].astype(np.int64)
+        epochs: dict[int, EpochDraw] = {}
+        for key, entry in metadata["epochs"].items():
+            value = int(key)
             rows = epoch == value
-            zones[int(value)] = np.sort(index[rows & selected])
-            boundaries = np.unique(scored_at[rows])
-            if boundaries.size != 1:
-                raise ValueError(f"epoch {value} has rows from several scoring passes {boundaries.tolist()}")
-            if np.isnan(boundaries[0]):
-                continue
-            boundary = int(boundaries[0])
-            if boundary not in history.tables:
-                scores = ScoreTable.empty(size, vocab_sizes[boundary])
-                for name in _STATISTICS:
-                    getattr(scores, name)[index[rows]] = statistics[name][rows]
-                scores.num_tokens[index[rows]] = num_tokens[rows]
-                history.tables[boundary] = scores
-            history.scored_at[int(value)] = boundary
-        example_ids = None
-        id_column = metadata.get("id_column")
-        if id_column is not None and "example_id" in table.column_names:
-            example_ids = np.full(size, None, dtype=object)
-            example_ids[index] = table.column("example_id").to_pylist()
-        epoch_metrics = {int(e): dict(entry["metrics"]) for e, entry in metadata["epochs"].items()}
+            draws = np.zeros(size, dtype=np.int64)
+            anneal = np.zeros(size, dtype=np.int64)
+            draws[index[rows]] = counts["draws"][rows]
+            anneal[index[rows]] = counts["anneal_draws"][rows]
+            scored_at = entry["scored_at"]
+            if scored_at is not None and int(scored_at) not in history.tables:
+                raise ValueError(f"epoch {value} names a scoring pass at boundary {scored_at} with no rows")
+            epochs[value] = EpochDraw(
+                epoch=value,
+                counts=draws,
+                anneal_counts=anneal,
+                zone=np.sort(index[rows & flags["in_zone"]]) if entry["has_zone"] else None,
+                in_band=np.sort(index[rows & flags["in_band"]]),
+                out_of_reach=np.sort(index[rows & flags["out_of_reach"]]),
+                scored_at=None if scored_at is None else int(scored_at),
+                bands={int(label): (float(a), float(b), float(c)) for label, a, b, c in entry["bands"]},
+                metrics=dict(entry["metrics"]),
+            )
         return cls(
             settings=settings,
-            zones=dict(sorted(zones.items())),
+            epochs=dict(sorted(epochs.items())),
             history=history,
-            epoch_metrics=epoch_metrics,
-            example_ids=example_ids,
-            id_column=id_column if example_ids is not None else None,
+            labels=labels,
             source=source,
+            **_example_ids(table, metadata, index, size),
+        )
+
+    @classmethod
+    def _from_legacy_arrow(cls, table: pa.Table, metadata: dict[str, Any], source: str) -> CurriculumRecord:
+        """Format 1 (hf_zpd 0.1): zones only, epochs from 0, `scored_at` boundaries numbered like its epochs."""
+        column = _column_reader(table, _LEGACY_REQUIRED_COLUMNS)
+        settings = metadata["settings"]
+        size = int(settings["dataset_size"])
+        epoch, index = column("epoch").astype(np.int64) + 1, column("index").astype(np.int64)
+        if index.size and (index.min() < 0 or index.max() >= size):
+            raise IndexError(f"dataset indices outside [0, {size})")
+        selected = column("selected").astype(bool)
+        # A format-1 boundary b was the pass before its epoch b (0-based), i.e. after b epochs: the same number.
+        history = _history_from_rows(column, epoch, index, size, metadata["vocab_size"])
+        epochs = {}
+        for key, entry in metadata["epochs"].items():
+            value = int(key) + 1
+            rows = epoch == value
+            zone = np.sort(index[rows & selected])
+            scored_at = entry.get("scored_at")
+            metrics = dict(entry["metrics"])
+            if "zpd/epoch" in metrics:
+                metrics["zpd/epoch"] = float(value)
+            bands = {}
+            if all(key in metrics for key in ("zpd/level", "zpd/band_lower", "zpd/band_upper")):
+                bands = {-1: (metrics["zpd/level"], metrics["zpd/band_lower"], metrics["zpd/band_upper"])}
+            empty = np.zeros(size, dtype=np.int64)
+            epochs[value] = EpochDraw(
+                epoch=value,
+                counts=empty.copy(),  # format 1 did not store the draws
+                anneal_counts=empty.copy(),
+                zone=zone,
+                scored_at=None if scored_at is None else int(scored_at),
+                bands=bands,
+                metrics=metrics,
+            )
+        return cls(
+            settings=settings,
+            epochs=dict(sorted(epochs.items())),
+            history=history,
+            source=source,
+            format_version=LEGACY_FORMAT_VERSION,
+            **_example_ids(table, metadata, index, size),
         )
 
     # ---- replay ----
@@ -380,7 +453,8 @@ class CurriculumRecord:
         self,
         dataset_size: int,
         example_ids: Callable[[str], np.ndarray | None],
-        settings: dict[str, Any],
+        num_samples: int,
+        seed: int,
         epochs: Sequence[int],
     ) -> None:
         """Raises a `ValueError` if a run with these data and settings would not draw what the record drew.
@@ -389,10 +463,17 @@ class CurriculumRecord:
             dataset_size (`int`): the replaying run's training set size.
             example_ids (`Callable[[str], np.ndarray | None]`): the ids of the training set read from a column,
                 `None` if it has no such column.
-            settings (`dict[str, Any]`): the replaying run's settings (at least those in `DRAW_SETTINGS`).
-            epochs (`Sequence[int]`): the epochs the run will train that need a zone.
+            num_samples (`int`): the replaying run's epoch length.
+            seed (`int`): the replaying run's draw seed (`data_seed`, else `seed`): it shuffles each epoch's draws.
+            epochs (`Sequence[int]`): the epochs the run will train.
         """
         source = self.source or "the curriculum record"
+        if self.format_version != RECORD_FORMAT_VERSION:
+            raise ValueError(
+                f"Cannot replay {source}: it is a format-{self.format_version} record (hf_zpd 0.1), which stored the "
+                "zones but not the draws, and this version composes epochs by another rule. Replay it with hf_zpd "
+                "0.1, or train a new run and replay its record."
+            )
         if dataset_size != self.dataset_size:
             raise ValueError(
                 f"Cannot replay {source}: it was written for a training set of {self.dataset_size} examples, but "
@@ -406,7 +487,7 @@ class CurriculumRecord:
                     "train_dataset does not have. Replay it on the training set it was recorded on."
                 )
             known = np.flatnonzero(np.array([value is not None for value in self.example_ids]))
-            different = [i for i in known.tolist() if _same_id(ids[i], self.example_ids[i]) is False]
+            different = [i for i in known.tolist() if not _same_id(ids[i], self.example_ids[i])]
             if different:
                 first = different[0]
                 raise ValueError(
@@ -415,64 +496,67 @@ class CurriculumRecord:
                     f"{self.example_ids[first]!r} in the record). The data or its order changed: replay it on the "
                     "training set it was recorded on, in the same order."
                 )
-        changed = [
-            f"{name}={settings.get(name)!r} (the record has {self.settings.get(name)!r})"
-            for name in DRAW_SETTINGS
-            if not _same_setting(settings.get(name), self.settings.get(name))
-        ]
-        if changed:
-            raise ValueError(
-                f"Cannot replay {source}: these settings change the draw: {', '.join(changed)}. Set them to the "
-                "record's values (seed is data_seed when set, else seed)."
+        changed = []
+        if num_samples != self.settings.get("num_samples_per_epoch"):
+            changed.append(
+                f"an epoch of {num_samples} samples (the record's epochs have "
+                f"{self.settings.get('num_samples_per_epoch')}: set epoch_fraction to {self.settings.get('epoch_fraction')})"
             )
-        missing = [epoch for epoch in epochs if epoch not in self.zones]
+        if seed != self.settings.get("seed"):
+            changed.append(f"seed {seed} (the record's is {self.settings.get('seed')}; it is data_seed when set)")
+        if changed:
+            raise ValueError(f"Cannot replay {source}: these settings change the draw: {'; '.join(changed)}.")
+        missing = [epoch for epoch in epochs if epoch not in self.epochs]
         if missing:
             raise ValueError(
-                f"Cannot replay {source}: the run trains epochs {list(epochs)} from a zone, but the record has zones "
-                f"for epochs {sorted(self.zones)} only (missing {missing}). Train at most as many epochs as the "
-                "recorded run (num_train_epochs / max_steps)."
+                f"Cannot replay {source}: the run trains epochs {list(epochs)}, but the record has epochs "
+                f"{sorted(self.epochs)} only (missing {missing}). Train at most as many epochs as the recorded run "
+                "(num_train_epochs / max_steps)."
             )
 
     # ---- exports ----
 
     def curated_dataset(self, dataset, epoch: int | None = None):
-        """The training examples that `epoch` selected (every epoch's when `None`), joined with their scores.
+        """The training examples that `epoch` drew (every epoch's when `None`), joined with their scores.
 
         The result is a `datasets.Dataset`: the examples' own columns, then `zpd_epoch`, `zpd_example_index`,
-        `zpd_in_band`, `zpd_loss`, `zpd_confidence`, `zpd_entropy`, `zpd_competence`, `zpd_difficulty` and
-        `zpd_num_tokens` (see the module docstring). With every epoch, an example appears once per epoch that
-        selected it.
+        `zpd_draws`, `zpd_in_zone`, `zpd_in_band`, `zpd_out_of_reach`, `zpd_loss`, `zpd_confidence`, `zpd_entropy`,
+        `zpd_competence`, `zpd_difficulty` and `zpd_num_tokens` (see the module docstring). With every epoch, an
+        example appears once per epoch that drew it.
 
         Args:
             dataset (`datasets.Dataset` or map-style dataset of dicts): the training set the record was made on.
-            epoch (`int`, *optional*): one epoch, or `None` for all.
+            epoch (`int`, *optional*): one epoch (1 = the first), or `None` for all.
         """
         import datasets
 
-        if epoch is not None and epoch not in self.zones:
-            raise ValueError(f"No zone for epoch {epoch}: the record has zones for epochs {sorted(self.zones)}.")
+        if epoch is not None and epoch not in self.epochs:
+            raise ValueError(f"No draws for epoch {epoch}: the record has epochs {sorted(self.epochs)}.")
         if len(dataset) != self.dataset_size:
             raise ValueError(
                 f"The record was made on a training set of {self.dataset_size} examples, but this dataset has "
                 f"{len(dataset)}."
             )
-        epochs = sorted(self.zones) if epoch is None else [epoch]
-        selected = {name: [] for name in _ROW_COLUMNS}
-        for value in epochs:
+        names = ("epoch", "index", "draws", *_FLAGS, *_STATISTICS, "competence", "difficulty", "num_tokens")
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        for value in sorted(self.epochs) if epoch is None else [epoch]:
             rows = self.epoch_rows(value)
-            for name in _ROW_COLUMNS:
-                selected[name].append(rows[name][rows["selected"]])
-        merged = {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in selected.items()}
+            drawn = rows["draws"] > 0
+            for name in names:
+                parts[name].append(rows[name][drawn])
+        merged = {name: np.concatenate(values) if values else np.zeros(0) for name, values in parts.items()}
         indices = merged["index"].astype(np.int64)
         if isinstance(dataset, datasets.Dataset):
             curated = dataset.select(indices.tolist())
         else:
             curated = datasets.Dataset.from_list([dict(dataset[int(i)]) for i in indices])
-        extra = {
+        extra: dict[str, list] = {
             "epoch": merged["epoch"].astype(np.int64).tolist(),
             "example_index": indices.tolist(),
-            "in_band": merged["in_band"].astype(bool).tolist(),
+            "draws": merged["draws"].astype(np.int64).tolist(),
         }
+        for name in _FLAGS:
+            extra[name] = merged[name].astype(bool).tolist()
         for name in (*_STATISTICS, "competence", "difficulty"):
             extra[name] = merged[name].astype(np.float64).tolist()
         extra["num_tokens"] = [None if math.isnan(v) else int(v) for v in merged["num_tokens"]]
@@ -482,224 +566,6 @@ class CurriculumRecord:
                 raise ValueError(f"The dataset already has a column named {column!r}; rename it to export scores.")
             curated = curated.add_column(column, values)
         return curated
-
-    def card_context(self, repo_id: str | None = None) -> dict[str, Any]:
-        """The values the card templates render: settings, and one preformatted row per epoch."""
-        settings = self.settings
-        last_epoch = max([*self.zones, 0])
-        epochs = []
-        for epoch in range(last_epoch + 1):
-            metrics = self.epoch_metrics.get(epoch, {})
-            if epoch not in self.zones:
-                epochs.append({"epoch": epoch, "source": "whole training set (no scores yet)"})
-                continue
-            boundary = self.history.scored_at.get(epoch, metrics.get("zpd/epoch"))
-            source = "zone" if boundary in (None, epoch) else f"zone (scores of epoch {boundary})"
-            if settings.get("replay_fraction"):
-                source += f" + {settings['replay_fraction']:.0%} replay"
-            epochs.append(
-                {
-                    "epoch": epoch,
-                    "source": source,
-                    "ppl": _fmt(metrics.get("zpd/ppl")),
-                    "running_ppl": _fmt(metrics.get("zpd/running_ppl")),
-                    "level": _fmt(metrics.get("zpd/level")),
-                    "band": f"[{_fmt(metrics.get('zpd/band_lower'))}, {_fmt(metrics.get('zpd/band_upper'))}]",
-                    "zone_fraction": _fmt(metrics.get("zpd/zone_fraction"), "{:.1%}"),
-                    "selected": _fmt(metrics.get("zpd/num_selected"), "{:.0f}", len(self.zones[epoch])),
-                    "widened": _fmt(metrics.get("zpd/num_widened"), "{:.0f}"),
-                    "scored": _fmt(metrics.get("zpd/num_scored"), "{:.0f}"),
-                }
-            )
-        return {
-            "repo_id": repo_id or "LOCAL_PATH_OR_REPO_ID",
-            "hf_zpd_version": _package_version(),
-            "format_version": RECORD_FORMAT_VERSION,
-            "record_name": RECORD_NAME,
-            "id_column": self.id_column,
-            "settings": settings,
-            "weights": ", ".join(f"{w:g}" for w in self.competence_weights),
-            "epochs": epochs,
-            "num_rows": sum(len(self.epoch_rows(epoch)["index"]) for epoch in self.zones),
-        }
-
-    def card(
-        self,
-        repo_id: str | None = None,
-        license: str | None = None,
-        pretty_name: str | None = None,
-        model_repo_id: str | None = None,
-    ):
-        """A `huggingface_hub.DatasetCard` for the record, rendered from `model_cards/templates/curriculum_card.md`.
-
-        Args:
-            repo_id (`str`, *optional*): the dataset repo the card will live in (used in the loading snippets).
-            license (`str`, *optional*): the licence identifier written into the card's metadata, passed through.
-            pretty_name (`str`, *optional*): the card's title.
-            model_repo_id (`str`, *optional*): the model repo trained with this curriculum, if pushed.
-        """
-        from huggingface_hub import DatasetCard, DatasetCardData
-
-        settings = self.settings
-        source_dataset = settings.get("source_dataset")
-        base_model = settings.get("base_model")
-        card_data = DatasetCardData(
-            license=license,
-            pretty_name=pretty_name or "ZPD curriculum" + (f" of {base_model}" if base_model else ""),
-            tags=["hf_zpd", "curriculum", "zone-of-proximal-development"],
-            source_datasets=[source_dataset] if source_dataset else None,
-            configs=[{"config_name": "default", "data_files": [{"split": "train", "path": RECORD_NAME}]}],
-            base_model=base_model,
-        )
-        context = self.card_context(repo_id)
-        return DatasetCard.from_template(
-            card_data,
-            template_path=str(TEMPLATES / CURRICULUM_CARD_TEMPLATE),
-            source_dataset=source_dataset,
-            base_model=base_model,
-            model_repo_id=model_repo_id,
-            **context,
-        )
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        token: str | None = None,
-        private: bool | None = None,
-        revision: str | None = None,
-        commit_message: str = "Upload ZPD curriculum",
-        license: str | None = None,
-        model_repo_id: str | None = None,
-        local_path: str | None = None,
-    ):
-        """Creates (if needed) the dataset repo `repo_id` and commits the record and its card to it.
-
-        Args:
-            repo_id (`str`): the dataset repo, `namespace/name` or `name` (the token's namespace).
-            token (`str`, *optional*): a write token; the logged-in one by default.
-            private (`bool`, *optional*): make a new repo private.
-            revision (`str`, *optional*): the branch to commit to (default `main`).
-            commit_message (`str`, *optional*): the commit's title.
-            license (`str`, *optional*), model_repo_id (`str`, *optional*): passed to [`CurriculumRecord.card`].
-            local_path (`str`, *optional*): a local copy of the record to upload, named in error messages.
-
-        Returns:
-            `huggingface_hub.CommitInfo`
-
-        Raises:
-            `PermissionError`: the Hub refused the write (no token, or a read-only one).
-            `ConnectionError`: the Hub could not be reached, or offline mode is on, or another Hub error.
-        """
-        from huggingface_hub import CommitOperationAdd, HfApi
-
-        api = HfApi(library_name="hf_zpd", library_version=_package_version())
-        try:
-            repo_url = api.create_repo(repo_id, repo_type="dataset", token=token, private=private, exist_ok=True)
-            repo_id = repo_url.repo_id
-            card = self.card(repo_id, license=license, model_repo_id=model_repo_id)
-            payload = local_path if local_path is not None else self.to_parquet_bytes()
-            operations = [
-                CommitOperationAdd(path_in_repo=RECORD_NAME, path_or_fileobj=payload),
-                CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()),
-            ]
-            return api.create_commit(
-                repo_id,
-                operations,
-                commit_message=commit_message,
-                repo_type="dataset",
-                token=token,
-                revision=revision,
-            )
-        except Exception as error:  # every failure at the Hub boundary gets one clear message
-            raise hub_error(f"push the curriculum to the dataset repo {repo_id!r}", error, local_path) from error
-
-
-def hub_error(action: str, error: Exception, local_path: str | None = None) -> OSError:
-    """A clear `PermissionError` or `ConnectionError` for a failed Hub call, naming the endpoint and the local copy."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-    keep = (
-        f" The curriculum is saved locally at {local_path}; push it again with trainer.push_curriculum_to_hub() or "
-        f"hf_zpd.load_curriculum({local_path!r}).push_to_hub(repo_id)."
-        if local_path
-        else ""
-    )
-    endpoint = constants.ENDPOINT
-    status = getattr(getattr(error, "response", None), "status_code", None)
-    if isinstance(error, HfHubHTTPError) and status in (401, 403):
-        return PermissionError(
-            f"Could not {action}: the Hub at {endpoint} refused the write ({status}). Pass a token with write access "
-            f"(token=..., TrainingArguments.hub_token, the HF_TOKEN variable, or `hf auth login`).{keep}"
-        )
-    if isinstance(error, OfflineModeIsEnabled):
-        return ConnectionError(f"Could not {action}: offline mode is on (HF_HUB_OFFLINE=1).{keep}")
-    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return ConnectionError(f"Could not {action} at {endpoint} ({type(error).__name__}: {reason}).{keep}")
-
-
-def load_curriculum(
-    path_or_repo_id: str | os.PathLike,
-    revision: str | None = None,
-    token: str | None = None,
-    cache_dir: str | None = None,
-) -> CurriculumRecord:
-    """Loads a curriculum record from a local folder or file, or from a Hub dataset repo.
-
-    Args:
-        path_or_repo_id (`str` or `os.PathLike`):
-            A `.parquet` record file, a folder holding `zpd_curriculum.parquet` (a run's output_dir, a checkpoint
-            folder, a downloaded repo), or the id of a Hub dataset repo pushed with
-            [`ZPDTrainer.push_curriculum_to_hub`]. An existing local path always wins.
-        revision (`str`, *optional*), token (`str`, *optional*), cache_dir (`str`, *optional*):
-            Passed to `huggingface_hub.hf_hub_download` for a repo id.
-
-    Returns:
-        [`CurriculumRecord`]
-
-    Raises:
-        `FileNotFoundError`: no record at the local path, or none in the repo.
-        `ConnectionError`: the Hub could not be reached (or offline mode is on).
-        `ValueError`: the file is damaged or of another format version.
-    """
-    target = os.fspath(path_or_repo_id)
-    if os.path.isdir(target):
-        path = os.path.join(target, RECORD_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{target} holds no curriculum record ({RECORD_NAME}). A run writes it into its output_dir at the "
-                "end of training and into each checkpoint; trainer.save_curriculum(path) writes one on demand."
-            )
-        return CurriculumRecord.load(path)
-    if os.path.isfile(target):
-        return CurriculumRecord.load(target)
-    if not _looks_like_repo_id(target):
-        raise FileNotFoundError(f"No curriculum record at {target}: no such file or folder (nor a Hub repo id).")
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    try:
-        path = hf_hub_download(
-            target, RECORD_NAME, repo_type="dataset", revision=revision, token=token, cache_dir=cache_dir
-        )
-    except LocalEntryNotFoundError as error:
-        # Raised when the Hub could not be asked (unreachable, offline) and the cache has no copy; the cause says why.
-        raise hub_error(
-            f"download the curriculum {target!r} (not a local path, and not in the cache)", error.__cause__ or error
-        ) from error
-    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as error:
-        raise FileNotFoundError(
-            f"{target} is not a local path, and the Hub dataset repo {target!r} has no {RECORD_NAME} "
-            f"({type(error).__name__}). Check the repo id (a dataset repo, e.g. 'user/run-curriculum')."
-        ) from error
-    except Exception as error:  # unreachable, offline, or any other Hub failure
-        raise hub_error(f"download the curriculum {target!r} (not a local path)", error) from error
-    return CurriculumRecord.load(path)
 
 
 def detect_id_column(dataset, id_column: str | None = None) -> str | None:
@@ -728,28 +594,61 @@ def read_example_ids(dataset, column: str) -> np.ndarray | None:
     return ids
 
 
-def render_model_card_section(card, record: CurriculumRecord, curriculum_repo_id: str | None = None):
-    """The model card `card` (a `huggingface_hub.ModelCard`) with the curriculum section added (or replaced), its
-    metadata tagged `hf_zpd` and `curriculum`, and the curriculum's dataset repo listed under `datasets`."""
-    from huggingface_hub import ModelCard
-
-    data = card.data
-    data.tags = list(dict.fromkeys([*(data.tags or []), "hf_zpd", "curriculum"]))
-    if curriculum_repo_id is not None:
-        existing = data.datasets if isinstance(data.datasets, list) else [data.datasets] if data.datasets else []
-        data.datasets = list(dict.fromkeys([*existing, curriculum_repo_id]))
-    base_text = card.text.split(MODEL_CARD_MARKER, 1)[0].strip()
-    return ModelCard.from_template(
-        data,
-        template_path=str(TEMPLATES / MODEL_CARD_TEMPLATE),
-        base_text=base_text,
-        marker=MODEL_CARD_MARKER,
-        curriculum_repo_id=curriculum_repo_id,
-        **record.card_context(curriculum_repo_id),
-    )
-
-
 # ---- helpers ----
+
+
+def _column_reader(table: pa.Table, required: Sequence[str]) -> Callable[[str], np.ndarray]:
+    missing = [name for name in required if name not in table.column_names]
+    if missing:
+        raise KeyError(f"missing columns {missing}")
+
+    def column(name: str) -> np.ndarray:
+        # Nulls (unrecorded integers) become NaN.
+        values = table.column(name)
+        if values.null_count:
+            values = values.cast(pa.float64()).fill_null(math.nan)
+        return values.to_numpy(zero_copy_only=False)
+
+    return column
+
+
+def _history_from_rows(column, epoch: np.ndarray, index: np.ndarray, size: int, vocab_sizes: dict) -> ScoreHistory:
+    """The scoring passes, rebuilt from the rows of the first epoch that names each one in `scored_at`."""
+    scored_at = column("scored_at").astype(np.float64)
+    num_tokens = column("num_tokens").astype(np.float64)
+    statistics = {name: column(name).astype(np.float64) for name in _STATISTICS}
+    history = ScoreHistory()
+    for value in np.unique(epoch):
+        rows = epoch == value
+        boundaries = np.unique(scored_at[rows])
+        if boundaries.size != 1:
+            raise ValueError(f"epoch {value} has rows from several scoring passes {boundaries.tolist()}")
+        if np.isnan(boundaries[0]) or int(boundaries[0]) in history.tables:
+            continue
+        boundary = int(boundaries[0])
+        scores = ScoreTable.empty(size, int(vocab_sizes[str(boundary)]))
+        for name in _STATISTICS:
+            getattr(scores, name)[index[rows]] = statistics[name][rows]
+        scores.num_tokens[index[rows]] = num_tokens[rows]
+        history.tables[boundary] = scores
+    history.tables = dict(sorted(history.tables.items()))
+    return history
+
+
+def _example_ids(table: pa.Table, metadata: dict[str, Any], index: np.ndarray, size: int) -> dict[str, Any]:
+    id_column = metadata.get("id_column")
+    if id_column is None or "example_id" not in table.column_names:
+        return {"example_ids": None, "id_column": None}
+    example_ids = np.full(size, None, dtype=object)
+    example_ids[index] = table.column("example_id").to_pylist()
+    return {"example_ids": example_ids, "id_column": id_column}
+
+
+def _nullable_int(values: np.ndarray) -> pa.Array:
+    """Integers stored as int64, with NaN (not recorded) as null."""
+    values = np.asarray(values, dtype=np.float64)
+    unknown = np.isnan(values)
+    return pa.array(np.where(unknown, 0, values).astype(np.int64), pa.int64(), mask=unknown)
 
 
 def _column_names(dataset) -> list[str]:
@@ -781,28 +680,11 @@ def _same_id(left: Any, right: Any) -> bool:
     return _scalar_id(left) == _scalar_id(right) or str(left) == str(right)
 
 
-def _same_setting(left: Any, right: Any) -> bool:
-    if isinstance(left, float) or isinstance(right, float):
-        return left is not None and right is not None and math.isclose(float(left), float(right), abs_tol=1e-12)
-    return left == right
-
-
-def _looks_like_repo_id(value: str) -> bool:
-    # `name` or `namespace/name`; anything else (a path with more parts, ./, ~, a file name) is a local path.
-    return re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", value) is not None and not value.endswith(".parquet")
-
-
-def _fmt(value: float | None, pattern: str = "{:.4g}", default: Any = None) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "" if default is None else str(default)
-    return pattern.format(value)
-
-
 __all__ = [
     "CurriculumRecord",
+    "EpochDraw",
     "RECORD_NAME",
     "ScoreHistory",
     "detect_id_column",
-    "load_curriculum",
     "read_example_ids",
 ]

@@ -1,8 +1,12 @@
-"""The epoch draw: a fixed number of samples per epoch, taken from the zone plus a replay share of the whole set.
+"""The epoch order: a fixed number of samples per epoch, laid out from the epoch's draw counts.
 
-Pure numpy and `torch.utils.data.Sampler`, no `transformers` import. The draw is a pure function of
-(seed, epoch, zone), so every process computes the same global order (accelerate then gives each process a
-disjoint share of its batches), and a resumed run draws exactly what the uninterrupted run drew.
+Pure numpy and `torch.utils.data.Sampler`, no `transformers` import. Each epoch's counts come from the epoch
+composition (selection.py); the order is one shuffle of the composed draws followed by one shuffle of the annealing
+draws, so the uniform annealing part is where it belongs, at the end. The order is a pure function of (counts, seed,
+epoch): every process computes the same global order (accelerate then gives each process a disjoint share of its
+batches), and a resumed run draws exactly what the uninterrupted run drew.
+
+Epochs are numbered as the Trainer logs them: the first epoch is epoch 1.
 """
 
 from __future__ import annotations
@@ -12,6 +16,11 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 from torch.utils.data import Sampler
+
+from .selection import EpochPlan
+
+# The tag of the order's random stream (the composition's streams use others).
+_ORDER = 0
 
 
 def samples_per_epoch(dataset_size: int, epoch_fraction: float = 1.0) -> int:
@@ -26,96 +35,63 @@ def exact_ceil(value: float) -> int:
     return math.ceil(round(value, 9))
 
 
-def _cycle_permutations(population: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-    """`count` items from `population`: whole shuffled passes, then part of one more.
-
-    Every item appears either floor(count / n) or ceil(count / n) times, which is the most even use of a zone
-    that is smaller than the epoch.
-    """
-    if count == 0:
-        return np.zeros(0, dtype=np.int64)
-    passes = [rng.permutation(population) for _ in range(math.ceil(count / population.size))]
-    return np.concatenate(passes)[:count].astype(np.int64)
-
-
-def draw_epoch(
-    num_samples: int,
-    dataset_size: int,
-    zone: np.ndarray | None,
-    replay_fraction: float,
-    seed: int,
-    epoch: int,
-) -> np.ndarray:
-    """Draws one epoch's order of dataset indices.
-
-    Without a zone (epoch 0, before any score exists) the epoch is drawn uniformly from the whole set. With a zone,
-    `round(replay_fraction * num_samples)` samples come from the whole set and the rest from the zone; the two parts
-    are then shuffled together.
+def epoch_order(counts: np.ndarray, anneal_counts: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """The epoch's dataset indices in training order: the composed draws shuffled, then the annealing draws shuffled.
 
     Args:
-        num_samples (`int`): the epoch's length, the same for every epoch.
-        dataset_size (`int`): the size of the training set.
-        zone (`np.ndarray` of int, *optional*): the dataset indices in the zone, non-empty.
-        replay_fraction (`float`): share of the epoch drawn from the whole set, in [0, 1).
-        seed (`int`), epoch (`int`): the draw is a pure function of these and of the zone.
+        counts (`np.ndarray` of int, shape `(dataset_size,)`): every draw of the epoch, annealing included.
+        anneal_counts (`np.ndarray` of int, shape `(dataset_size,)`): the annealing part of `counts`.
+        seed (`int`), epoch (`int`): the shuffles are a pure function of these and of the counts.
 
     Returns:
-        `np.ndarray` of int64 and shape `(num_samples,)`.
+        `np.ndarray` of int64 and shape `(counts.sum(),)`.
 
     Example:
 
     ```python
     >>> import numpy as np
-    >>> order = draw_epoch(6, dataset_size=10, zone=np.array([2, 5]), replay_fraction=0.0, seed=0, epoch=1)
-    >>> sorted(order.tolist())
-    [2, 2, 2, 5, 5, 5]
+    >>> order = epoch_order(np.array([0, 2, 1, 1]), np.array([0, 0, 0, 1]), seed=0, epoch=2)
+    >>> sorted(order[:3].tolist()), order[3:].tolist()  # the annealing draw (index 3) comes last
+    ([1, 1, 2], [3])
 
     ```
     """
-    if dataset_size < 1:
-        raise ValueError("The training dataset is empty: there is nothing to draw an epoch from.")
-    rng = np.random.default_rng([seed, epoch])
-    everything = np.arange(dataset_size, dtype=np.int64)
-    if zone is None:
-        return _cycle_permutations(everything, num_samples, rng)
-    zone = np.asarray(zone, dtype=np.int64)
-    num_replay = int(round(replay_fraction * num_samples))
-    num_zone = num_samples - num_replay
-    if num_zone > 0 and zone.size == 0:
-        raise ValueError("Cannot draw from an empty zone: the band selection must hold at least one example.")
-    from_zone = _cycle_permutations(zone, num_zone, rng)
-    from_replay = _cycle_permutations(everything, num_replay, rng)
-    return rng.permutation(np.concatenate([from_zone, from_replay]))
+    counts, anneal_counts = np.asarray(counts, dtype=np.int64), np.asarray(anneal_counts, dtype=np.int64)
+    if (counts < 0).any() or (anneal_counts < 0).any() or (anneal_counts > counts).any():
+        raise ValueError("Draw counts must be non-negative, and the annealing counts a part of them.")
+    rng = np.random.default_rng([seed, epoch, _ORDER])
+    indices = np.arange(counts.size, dtype=np.int64)
+    composed = rng.permutation(np.repeat(indices, counts - anneal_counts))
+    annealed = rng.permutation(np.repeat(indices, anneal_counts))
+    return np.concatenate([composed, annealed]).astype(np.int64)
 
 
 class ZPDSampler(Sampler[int]):
-    """Yields each epoch's draw from the ZPD; its length never changes between epochs.
+    """Yields each epoch's draw; its length never changes between epochs.
 
     The Trainer reads `len(train_dataloader)` once, before training, to set `max_steps` and the learning-rate
     schedule, so a sampler whose length varied would silently end training early or skip batches.
 
     On purpose the sampler has no `generator` attribute and does not subclass `RandomSampler`: accelerate replaces
-    or re-seeds those. The trainer sets the epoch itself (see `set_epoch`), because on a mid-epoch resume with
-    several processes the Trainer's own `set_epoch` does not reach a custom sampler.
+    or re-seeds those. `set_epoch` takes the Trainer's 0-based epoch loop index, like `DistributedSampler`; the
+    trainer sets it itself as well, because on a mid-epoch resume with several processes the Trainer's own
+    `set_epoch` does not reach a custom sampler.
 
     Args:
         dataset_size (`int`): the size of the training set.
         num_samples (`int`): the fixed epoch length, see [`samples_per_epoch`].
-        zone_for_epoch (`Callable[[int], np.ndarray | None]`):
-            Returns the zone (dataset indices) an epoch draws from, or `None` to draw uniformly.
-        replay_fraction (`float`, *optional*, defaults to 0.0): see [`draw_epoch`].
+        plan_for_epoch (`Callable[[int], EpochPlan]`):
+            The [`~hf_zpd.selection.EpochPlan`] of an epoch, by its number (1 for the first epoch).
         seed (`int`, *optional*, defaults to 42): the same on every process.
 
     Example:
 
     ```python
     >>> import numpy as np
-    >>> sampler = ZPDSampler(5, 5, zone_for_epoch=lambda epoch: None if epoch == 0 else np.array([1, 3]))
+    >>> from hf_zpd.selection import uniform_plan
+    >>> sampler = ZPDSampler(5, 5, plan_for_epoch=lambda epoch: uniform_plan(5, 5, seed=0, epoch=epoch))
     >>> len(sampler), sorted(sampler)
     (5, [0, 1, 2, 3, 4])
-    >>> sampler.set_epoch(1)
-    >>> len(sampler), sorted(set(sampler))  # 5 draws from a zone of 2: each example 2 or 3 times
-    (5, [1, 3])
 
     ```
     """
@@ -124,26 +100,29 @@ class ZPDSampler(Sampler[int]):
         self,
         dataset_size: int,
         num_samples: int,
-        zone_for_epoch: Callable[[int], np.ndarray | None],
-        replay_fraction: float = 0.0,
+        plan_for_epoch: Callable[[int], EpochPlan],
         seed: int = 42,
     ):
         self.dataset_size = dataset_size
         self.num_samples = num_samples
-        self.zone_for_epoch = zone_for_epoch
-        self.replay_fraction = replay_fraction
+        self.plan_for_epoch = plan_for_epoch
         self.seed = seed
-        self.epoch = 0
+        self.epoch = 1
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        """Selects the epoch to draw by the Trainer's 0-based loop index: `set_epoch(0)` draws epoch 1."""
+        self.epoch = int(epoch) + 1
 
     def epoch_indices(self, epoch: int | None = None) -> np.ndarray:
-        """The full draw of `epoch` (the current one by default), before any sharding across processes."""
+        """The full draw of `epoch` (by number; the current one by default), before any sharding across processes."""
         epoch = self.epoch if epoch is None else epoch
-        return draw_epoch(
-            self.num_samples, self.dataset_size, self.zone_for_epoch(epoch), self.replay_fraction, self.seed, epoch
-        )
+        plan = self.plan_for_epoch(epoch)
+        if plan.counts.shape != (self.dataset_size,) or plan.num_samples != self.num_samples:
+            raise RuntimeError(
+                f"The plan of epoch {epoch} draws {plan.num_samples} samples over {plan.counts.shape[0]} examples, "
+                f"but every epoch has {self.num_samples} over {self.dataset_size}."
+            )
+        return epoch_order(plan.counts, plan.anneal_counts, self.seed, epoch)
 
     def __iter__(self) -> Iterator[int]:
         yield from self.epoch_indices().tolist()

@@ -19,10 +19,8 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .indexing import INDEX_COLUMN
 from .statistics import ExampleStatistics, competence
-
-# The column the trainer adds to the training set, so that every batch says which examples it holds.
-INDEX_COLUMN = "zpd_index"
 
 SCORE_COLUMNS = ("loss", "confidence", "entropy", "num_tokens")
 
@@ -98,21 +96,20 @@ def preserved_rng_and_mode(model: torch.nn.Module) -> Iterator[None]:
     """Puts `model` in eval mode, and restores its mode and every global RNG state afterwards.
 
     `DataLoader.__iter__` draws its base seed from the global torch RNG, so a scoring pass between epochs would
-    otherwise shift dropout masks and break bitwise-identical resume.
+    otherwise shift dropout masks and break bitwise-identical resume. `torch.random.fork_rng` restores the CPU and CUDA
+    generators; Python's and numpy's are restored here.
     """
-    python_state, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     was_training = model.training
     model.eval()
     try:
-        yield
+        with torch.random.fork_rng(devices=cuda_devices):
+            yield
     finally:
         model.train(was_training)
         random.setstate(python_state)
         np.random.set_state(numpy_state)
-        torch.random.set_rng_state(torch_state)
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)
 
 
 def run_scoring_pass(

@@ -54,6 +54,18 @@ class ExampleStatistics:
         # 0 / 0 gives NaN on purpose: an example without supervised positions has no statistics.
         return total / self.num_tokens
 
+    @classmethod
+    def zeros(cls, num_examples: int, vocab_size: int, device: torch.device | str | None = None) -> ExampleStatistics:
+        """Zero sums for `num_examples` examples, in float64, to accumulate rows into with [`add_rows`]."""
+        zeros = torch.zeros(num_examples, dtype=torch.float64, device=device)
+        return cls(zeros, zeros.clone(), zeros.clone(), zeros.clone(), vocab_size)
+
+    def add_rows(self, owners: torch.Tensor, token: TokenStatistics) -> None:
+        """Adds the per-row statistics of a chunk to the sums of the examples that own the rows."""
+        self.loss_sum.index_add_(0, owners, token.loss.double())
+        self.confidence_sum.index_add_(0, owners, token.confidence.double())
+        self.entropy_sum.index_add_(0, owners, token.entropy.double())
+
     @property
     def loss(self) -> torch.Tensor:
         return self._mean(self.loss_sum)
@@ -133,39 +145,68 @@ def per_example_statistics(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}.")
 
-    device = logits.device
     log_vocab = math.log(vocab_size)
     supervised = (labels != IGNORE_INDEX).nonzero()  # (N, 2): example, position
     example_of_row, position_of_row = supervised[:, 0], supervised[:, 1]
     targets = labels[example_of_row, position_of_row]
     rows, row_index = _row_view(logits, example_of_row, position_of_row)
 
-    loss_sum = torch.zeros(batch_size, dtype=torch.float64, device=device)
-    confidence_sum = torch.zeros_like(loss_sum)
-    entropy_sum = torch.zeros_like(loss_sum)
+    stats = ExampleStatistics.zeros(batch_size, vocab_size, logits.device)
     for start in range(0, example_of_row.numel(), chunk_size):
-        owners = example_of_row[start : start + chunk_size]
         # (n, V): a fresh fp32 copy of n rows; the only vocabulary-sized fp32 tensors are this one and its exp.
         chunk = rows.index_select(0, row_index[start : start + chunk_size]).float()
-        # With x' = x - max(x) and s = sum_v exp(x'_v):  -log p(y) = log s - x'_y,  max_v p_v = 1 / s,
-        # H(p) = log s - sum_v exp(x'_v) x'_v / s.  Five passes over the chunk, no softmax or product tensor.
-        chunk -= chunk.max(dim=-1, keepdim=True).values
-        target_shifted = chunk.gather(1, targets[start : start + chunk_size].unsqueeze(1)).squeeze(1)
-        # A -inf logit (a masked token) would give 0 * -inf = NaN below; its probability is 0 either way. The target's
-        # logit was read before, so an impossible target still gives an infinite loss.
-        chunk.clamp_(min=torch.finfo(torch.float32).min)
-        exponentials = chunk.exp()
-        normaliser = exponentials.sum(dim=-1)
-        weighted = torch.linalg.vecdot(exponentials, chunk)  # sum_v exp(x'_v) x'_v, without a product tensor
-        log_normaliser = normaliser.log()
-        token_loss = log_normaliser - target_shifted
-        token_confidence = normaliser.reciprocal()
-        token_entropy = (log_normaliser - weighted / normaliser) / log_vocab
-        loss_sum.index_add_(0, owners, token_loss.double())
-        confidence_sum.index_add_(0, owners, token_confidence.double())
-        entropy_sum.index_add_(0, owners, token_entropy.double())
-    num_tokens = torch.bincount(example_of_row, minlength=batch_size).to(torch.float64)
-    return ExampleStatistics(loss_sum, confidence_sum, entropy_sum, num_tokens, vocab_size)
+        token = chunk_statistics(chunk, targets[start : start + chunk_size], log_vocab)
+        stats.add_rows(example_of_row[start : start + chunk_size], token)
+    stats.num_tokens = torch.bincount(example_of_row, minlength=batch_size).to(torch.float64)
+    return stats
+
+
+@dataclass
+class TokenStatistics:
+    """What [`chunk_statistics`] computes for each row of a chunk.
+
+    Args:
+        loss, confidence, entropy (`torch.Tensor` of shape `(c,)`): -log p(y), max_v p_v and H(p) / log V.
+        exponentials (`torch.Tensor` of shape `(c, V)`): exp(x - max x), for a gradient (softmax = exponentials / s).
+        normalisers (`torch.Tensor` of shape `(c,)`): s = sum_v exp(x_v - max x).
+    """
+
+    loss: torch.Tensor
+    confidence: torch.Tensor
+    entropy: torch.Tensor
+    exponentials: torch.Tensor
+    normalisers: torch.Tensor
+
+
+def chunk_statistics(chunk: torch.Tensor, targets: torch.Tensor, log_vocab: float) -> TokenStatistics:
+    """The one statistics kernel, shared by the standard path and the fused head: per-row loss, confidence and
+    normalised entropy of a chunk of logits, in five passes and no softmax or product tensor.
+
+    With x' = x - max(x) and s = sum_v exp(x'_v):  -log p(y) = log s - x'_y,  max_v p_v = 1 / s,
+    H(p) = log s - sum_v exp(x'_v) x'_v / s.
+
+    Args:
+        chunk (`torch.Tensor` of shape `(c, V)`): a float copy of `c` rows of logits that the caller owns; it is
+            shifted in place (to x').
+        targets (`torch.Tensor` of shape `(c,)`): the target of each row.
+        log_vocab (`float`): log V, which normalises the entropy.
+    """
+    chunk -= chunk.max(dim=-1, keepdim=True).values
+    target_shifted = chunk.gather(1, targets.unsqueeze(1)).squeeze(1)
+    # A -inf logit (a masked token) would give 0 * -inf = NaN below; its probability is 0 either way. The target's
+    # logit was read before, so an impossible target still gives an infinite loss.
+    chunk.clamp_(min=torch.finfo(chunk.dtype).min)
+    exponentials = chunk.exp()
+    normalisers = exponentials.sum(dim=-1)
+    weighted = torch.linalg.vecdot(exponentials, chunk)  # sum_v exp(x'_v) x'_v, without a product tensor
+    log_normalisers = normalisers.log()
+    return TokenStatistics(
+        loss=log_normalisers - target_shifted,
+        confidence=normalisers.reciprocal(),
+        entropy=(log_normalisers - weighted / normalisers) / log_vocab,
+        exponentials=exponentials,
+        normalisers=normalisers,
+    )
 
 
 def _row_view(

@@ -1,89 +1,69 @@
 """`ZPDTrainer`: the Hugging Face `Trainer` with a Zone-of-Proximal-Development curriculum.
 
-Checked against transformers 5.24 and accelerate 1.15. The subclass stays narrow: `compute_loss` delegates to the
-Trainer's own (so the loss is exactly the Trainer's) and reads per-example statistics from the outputs; the
-curriculum runs from a callback at epoch boundaries; the sampler is hooked in through `_get_train_sampler`.
+Checked against transformers 5.24 and accelerate 1.15. The curriculum lives in [`ZPDTrainerMixin`], so that the same
+code extends the Trainer (`ZPDTrainer`, here) and TRL's `SFTTrainer` (`ZPDSFTTrainer`, in sft.py). The subclass
+stays narrow: `compute_loss` delegates to the parent's own (so the loss is exactly the parent's) and reads
+per-example statistics from the same forward; the curriculum runs from a callback at epoch boundaries; the sampler
+is hooked in through `_get_train_sampler`.
+
+Epochs are numbered as the Trainer logs them: the first epoch is epoch 1.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import re
 import time
 import warnings
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
 import torch
-from huggingface_hub import ModelCard
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-from .band import ZoneSelection, log_difficulty, minimum_zone_size, select_zone
-from .config import ZPDConfig
-from .curriculum import CurriculumState
+from .alignment import SHIFTED, base_model, decide_alignment, model_class_name
+from .band import band_around_level, log_difficulty
+from .cards import MODEL_TAGS, dataset_display_name, model_display_name, with_curriculum_section
+from .config import ZPDArguments, ZPDConfig
 from .fused import check_fused_support, fused_causal_lm_head
-from .record import (
-    RECORD_NAME,
-    CurriculumRecord,
-    ScoreHistory,
-    detect_id_column,
-    load_curriculum,
-    read_example_ids,
-    render_model_card_section,
-)
+from .hub import load_curriculum, push_curriculum
+from .indexing import INDEX_COLUMN, IndexKeepingCollator, with_index_column
+from .record import RECORD_NAME, CurriculumRecord, EpochDraw, detect_id_column, read_example_ids
 from .sampler import ZPDSampler, samples_per_epoch
 from .scoring import (
-    INDEX_COLUMN,
     SCORE_COLUMNS,
     ScoreTable,
     TrainingPassScores,
     assert_same_on_every_process,
     length_grouped_batches,
+    preserved_rng_and_mode,
     run_scoring_pass,
 )
+from .selection import (
+    EpochPlan,
+    anneal_samples,
+    compose_epoch,
+    guard_flags,
+    uniform_plan,
+)
+from .state import TrainingState, last_complete_checkpoint
 from .statistics import ExampleStatistics, align_causal_labels, competence, per_example_statistics
 
 logger = logging.get_logger(__name__)
 
-# The label smoother's own test for "this model shifts its labels" (see TRAINER_NOTES: `loss_type` is not reliable).
-_CAUSAL_LM_CLASS_NAMES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
-
 # Layout of the per-process accumulators filled by `compute_loss` during training.
 _WINDOW_FIELDS = ("loss_sum", "num_tokens", "confidence", "entropy", "competence", "num_examples", "num_nonfinite")
-
-
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The highest-numbered `checkpoint-N` folder in `output_dir` that the Trainer finished writing.
-
-    `trainer_state.json` is the last file `Trainer._save_checkpoint` writes (transformers 5.24), so a folder with a
-    readable one is complete. Incomplete folders (a run killed while saving) are skipped with a warning.
-    """
-    if not os.path.isdir(output_dir):
-        return None
-    candidates = []
-    for name in os.listdir(output_dir):
-        prefix, _, step = name.partition("-")
-        if prefix == PREFIX_CHECKPOINT_DIR and step.isdigit() and os.path.isdir(os.path.join(output_dir, name)):
-            candidates.append((int(step), os.path.join(output_dir, name)))
-    for _, folder in sorted(candidates, reverse=True):
-        try:
-            with open(os.path.join(folder, TRAINER_STATE_NAME)) as handle:
-                json.load(handle)
-            return folder
-        except (OSError, ValueError):
-            logger.warning(f"Skipping {folder}: it has no readable {TRAINER_STATE_NAME} (a save was interrupted).")
-    return None
+# Examples collated for the check before the first step (labels, logits, one row per example, label alignment).
+_PREFLIGHT_EXAMPLES = 4
 
 
 def _dataset_sketch(dataset) -> list[float]:
@@ -93,30 +73,31 @@ def _dataset_sketch(dataset) -> list[float]:
     return [float(size), float(int(hashlib.sha256(rows.encode()).hexdigest()[:12], 16))]
 
 
-class _IndexedDataset(Dataset):
-    """A map-style dataset of dicts, each item extended with its own index under [`INDEX_COLUMN`]."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self.dataset[index]
-        if not isinstance(item, Mapping):
-            raise TypeError(
-                f"ZPDTrainer needs dataset items that are dicts (like a datasets.Dataset row), got {type(item)}. "
-                "Wrap your dataset so that __getitem__ returns a dict of model inputs and labels."
-            )
-        return {**item, INDEX_COLUMN: index}
+def class_labels(dataset, label_names: list[str]) -> np.ndarray | None:
+    """Each example's class when every example carries one integer class label (classification), else `None`."""
+    names = [*label_names, "label", "labels", "label_ids"]
+    if isinstance(dataset, datasets.Dataset):
+        column = next((name for name in names if name in dataset.column_names), None)
+        if column is None:
+            return None
+        values = dataset.with_format(None)[column]
+    else:
+        first = dataset[0]
+        column = next((name for name in names if isinstance(first, Mapping) and name in first), None)
+        if column is None:
+            return None
+        values = [dataset[i][column] for i in range(len(dataset))]
+    values = [value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value for value in values]
+    if not all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in values):
+        return None  # sequences of labels (causal LM, token classification, seq2seq), or floats
+    return np.asarray(values, dtype=np.int64)
 
 
 class _CurriculumCallback(TrainerCallback):
     """Runs the curriculum at the Trainer's epoch boundaries. Callbacks get neither the trainer nor the accelerator,
     so this one holds its trainer."""
 
-    def __init__(self, trainer: ZPDTrainer):
+    def __init__(self, trainer: ZPDTrainerMixin):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
@@ -132,42 +113,32 @@ class _CurriculumCallback(TrainerCallback):
         self.trainer._end_epoch()
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.trainer._end_curriculum_record()
+        self.trainer._end_curriculum()
 
 
-class ZPDTrainer(Trainer):
+class ZPDTrainerMixin:
+    """The ZPD curriculum for a subclass of [`~transformers.Trainer`]: see [`ZPDTrainer`].
+
+    A class using it lists the mixin first (`class ZPDTrainer(ZPDTrainerMixin, Trainer)`) and sets `config_class`
+    to its config, a subclass of [`ZPDArguments`] and of its parent's arguments.
     """
-    A drop-in [`~transformers.Trainer`] that trains every epoch after the first on the examples in the zone of
-    proximal development: those whose difficulty lies in `[band_lower x D, band_upper x D]`, slightly harder than
-    the model's current level D.
 
-    It takes exactly the Trainer's arguments. `args` may be a [`ZPDConfig`] or a plain
-    [`~transformers.TrainingArguments`] (then the ZPD defaults apply). The loss it optimises is the Trainer's,
-    unchanged. At each epoch end a scoring pass (eval mode, no gradient, sharded over processes) measures every
-    example's loss, confidence and entropy; the next epoch draws its fixed number of samples from the zone.
-
-    Example:
-
-    ```python
-    >>> from transformers import AutoModelForSequenceClassification
-    >>> from hf_zpd import ZPDConfig, ZPDTrainer
-    >>> trainer = ZPDTrainer(model=model, args=ZPDConfig("out", num_train_epochs=3), train_dataset=train)  # doctest: +SKIP
-    >>> trainer.train()  # doctest: +SKIP
-    >>> trainer.curriculum.zones[1]  # the dataset indices that epoch 1 drew from  # doctest: +SKIP
-
-    ```
-    """
+    config_class: type = ZPDConfig
+    curriculum_id_column: str | None = None
+    """The training set's column of stable example ids stored in the record; `None` detects a column named `id`,
+    `idx`, `example_id` or `guid`. Set it on the trainer before `train()` to name another."""
 
     def __init__(self, model=None, args: TrainingArguments | None = None, *trainer_args, **trainer_kwargs):
         if args is None:
-            args = ZPDConfig(output_dir="trainer_output")
-        elif not isinstance(args, ZPDConfig):
-            args = ZPDConfig.from_training_arguments(args)
+            args = self.config_class(output_dir="trainer_output")
+        elif not isinstance(args, self.config_class):
+            args = self.config_class.from_training_arguments(args)
         if args.train_sampling_strategy != "random":
             raise ValueError(
-                f"ZPDTrainer cannot honour train_sampling_strategy={args.train_sampling_strategy!r}: it draws each "
-                "epoch from the ZPD band with its own shuffled sampler. Use train_sampling_strategy='random' (the "
-                "default), or the plain Trainer for length-grouped or sequential order."
+                f"{type(self).__name__} cannot honour train_sampling_strategy={args.train_sampling_strategy!r}: it "
+                "draws each epoch from the ZPD composition with its own shuffled sampler. Use "
+                "train_sampling_strategy='random' (the default), or the plain Trainer for length-grouped or sequential "
+                "order."
             )
         launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
         if launched_processes > 1 and args.world_size == 1:
@@ -178,17 +149,24 @@ class ZPDTrainer(Trainer):
                 "so that the processes join one gloo process group."
             )
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
-        self.args: ZPDConfig
-        self.curriculum: CurriculumState | None = None
+        self.args: ZPDArguments
+        self.curriculum: CurriculumRecord | None = None
+        self._zpd_state: TrainingState | None = None
         self._zpd_sampler: ZPDSampler | None = None
         self._zpd_loader = None
         self._zpd_lengths: np.ndarray | None = None
-        self._zpd_epoch = 0
+        self._zpd_labels: np.ndarray | None = None
+        self._zpd_epoch = 1
         self._zpd_resume_from: str | None = None
         self._zpd_indexed: tuple[int, Dataset] | None = None
+        self._zpd_alignment: str | None = None
+        self._zpd_total_samples = 0
+        self._zpd_curriculum_repo_id: str | None = None
         self._training_pass_scores: TrainingPassScores | None = None
         self._reset_training_accumulators()
         self.add_callback(_CurriculumCallback(self))
+        if hasattr(self.model, "add_model_tags"):  # the Hub card's tags, as trl does
+            self.model.add_model_tags(list(MODEL_TAGS))
         if self.args.fused_cross_entropy:
             self._check_fused_path()
 
@@ -200,7 +178,8 @@ class ZPDTrainer(Trainer):
                 "smoothing and compute_loss_func read those logits. Set fused_cross_entropy=False, or drop "
                 "label_smoothing_factor / compute_loss_func."
             )
-        check_fused_support(self.accelerator.unwrap_model(self.model))
+        # peft's wrapper forwards to the transformers model inside it, whose lm_head the fused head replaces.
+        check_fused_support(base_model(self.model))
 
     # ---- Data: the index column and the sampler ----
 
@@ -223,63 +202,50 @@ class ZPDTrainer(Trainer):
     def _indexed_train_dataset(self) -> Dataset:
         dataset = self.train_dataset
         if self._zpd_indexed is None or self._zpd_indexed[0] != id(dataset):
-            self._zpd_indexed = (id(dataset), self._with_index_column(dataset))
+            self._zpd_indexed = (id(dataset), with_index_column(dataset))
         return self._zpd_indexed[1]
 
-    @staticmethod
-    def _with_index_column(dataset: Dataset) -> Dataset:
-        """`dataset` with each item's own index under [`INDEX_COLUMN`], after checking that it can be scored."""
-        if isinstance(dataset, IterableDataset) or isinstance(dataset, datasets.IterableDataset):
-            raise ValueError(
-                "ZPDTrainer needs a map-style training dataset with a length: it scores every example and draws "
-                f"epochs by index, which an {type(dataset).__name__} cannot do. Load the data as a datasets.Dataset "
-                "(for example `Dataset.from_generator(...)` or `load_dataset(..., streaming=False)`), or use the "
-                "plain Trainer for streaming data."
-            )
-        if not has_length(dataset):
-            raise ValueError(
-                f"ZPDTrainer needs a training dataset with a length; {type(dataset).__name__} has no __len__."
-            )
-        if len(dataset) == 0:
-            raise ValueError("The training dataset is empty: ZPDTrainer has no example to score or draw.")
-        if isinstance(dataset, datasets.Dataset):
-            if INDEX_COLUMN in dataset.column_names:
-                raise ValueError(
-                    f"The training dataset already has a column named {INDEX_COLUMN!r}, which ZPDTrainer reserves "
-                    "for the example index. Rename or remove that column."
-                )
-            return dataset.add_column(INDEX_COLUMN, np.arange(len(dataset), dtype=np.int64))
-        return _IndexedDataset(dataset)
+    @contextmanager
+    def _index_keeping_collator(self):
+        """While active, `self.data_collator` keeps the index column through the user's collator."""
+        collator = self.data_collator
+        self.data_collator = IndexKeepingCollator(collator)
+        try:
+            yield
+        finally:
+            self.data_collator = collator
 
     def get_train_dataloader(self):
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
         # Same as `Trainer.get_train_dataloader` (transformers 5.24, private `_get_dataloader`), on the training set
-        # with its index column added.
-        loader = self._get_dataloader(
-            dataset=self._indexed_train_dataset(),
-            description="Training",
-            batch_size=self._train_batch_size,
-            sampler_fn=self._get_train_sampler,
-            is_training=True,
-        )
+        # with its index column added, and a collator that carries the index through the user's.
+        with self._index_keeping_collator():
+            loader = self._get_dataloader(
+                dataset=self._indexed_train_dataset(),
+                description="Training",
+                batch_size=self._train_batch_size,
+                sampler_fn=self._get_train_sampler,
+                is_training=True,
+            )
         self._zpd_loader = loader
         return loader
 
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> ZPDSampler:
+        # Private Trainer hook (transformers 5.24), the one `_get_dataloader` calls for the training sampler.
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         self._zpd_sampler = ZPDSampler(
             dataset_size=len(dataset),
             num_samples=samples_per_epoch(len(dataset), self.args.epoch_fraction),
-            zone_for_epoch=self._zone_for_epoch,
-            replay_fraction=self.args.replay_fraction,
+            plan_for_epoch=self._plan_for_epoch,
             seed=self._curriculum_seed,
         )
         return self._zpd_sampler
 
     def _set_signature_columns_if_needed(self) -> None:
-        # Keep the index column through `remove_unused_columns=True`, which would otherwise drop it both from a
-        # datasets.Dataset and through RemoveColumnsCollator.
+        # Private Trainer hook (transformers 5.24; trl overrides it too). Keep the index column through
+        # `remove_unused_columns=True`, which would otherwise drop it from a datasets.Dataset and through
+        # RemoveColumnsCollator.
         super()._set_signature_columns_if_needed()
         if INDEX_COLUMN not in self._signature_columns:
             self._signature_columns.append(INDEX_COLUMN)
@@ -288,37 +254,47 @@ class ZPDTrainer(Trainer):
     def _curriculum_seed(self) -> int:
         return self.args.data_seed if self.args.data_seed is not None else self.args.seed
 
-    def _zone_for_epoch(self, epoch: int) -> np.ndarray | None:
-        return None if self.curriculum is None else self.curriculum.zones.get(epoch)
+    @property
+    def _num_samples(self) -> int:
+        return samples_per_epoch(len(self.train_dataset), self.args.epoch_fraction)
+
+    def _plan_for_epoch(self, epoch: int) -> EpochPlan:
+        """The sampler's view of an epoch's draws (1 = the first): the record's, or uniform before any is planned."""
+        draw = self.curriculum.epochs.get(epoch) if self.curriculum is not None else None
+        if draw is None:
+            return uniform_plan(len(self.train_dataset), self._num_samples, self._curriculum_seed, epoch)
+        return EpochPlan(draw.counts, draw.anneal_counts, draw.zone, draw.in_band, draw.out_of_reach)
 
     # ---- The loss and the per-example statistics ----
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Returns exactly `Trainer.compute_loss`'s loss; in training it also records per-example statistics."""
+        """Returns exactly the parent's `compute_loss` loss; in training it also records per-example statistics."""
         # The model would swallow the index column through **kwargs: take it out before the forward.
         index = inputs.pop(INDEX_COLUMN, None)
+        if not model.training:  # evaluation and prediction: the parent's, untouched
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         # Read the labels first: with label smoothing or `compute_loss_func` the Trainer pops them from `inputs`.
-        labels = self._labels_of(inputs) if model.training else None
-        if model.training and self.args.fused_cross_entropy:
+        labels = self._labels_of(inputs)
+        loss, outputs, stats = self._loss_and_statistics(model, inputs, labels, return_outputs, num_items_in_batch)
+        self._record_training_statistics(stats)
+        if self._training_pass_scores is not None and index is not None:
+            self._training_pass_scores.add(index, self.state.global_step, stats)
+        return (loss, outputs) if return_outputs else loss
+
+    def _loss_and_statistics(self, model, inputs, labels, return_outputs, num_items_in_batch):
+        """The parent's loss and outputs for a training batch, and the batch's per-example statistics."""
+        if self.args.fused_cross_entropy:
             # The model's lm_head and loss function are swapped for the fused ones during this forward only (the
             # backward runs later, on the gradients the fused function computed); `outputs.logits` are hidden states.
-            unwrapped = self.accelerator.unwrap_model(model)
-            with fused_causal_lm_head(unwrapped, chunk_size=self.args.statistics_chunk_size) as capture:
+            with fused_causal_lm_head(base_model(model), chunk_size=self.args.statistics_chunk_size) as capture:
                 loss, outputs = super().compute_loss(
                     model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
                 )
-            stats = capture.statistics
-            self._record_training_statistics(stats)
-            if self._training_pass_scores is not None and index is not None:
-                self._training_pass_scores.add(index, self.state.global_step, stats)
-            return (loss, outputs) if return_outputs else loss
+            return loss, outputs, capture.statistics
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        if model.training:
-            stats = self._statistics_from_outputs(model, outputs, labels)
-            self._record_training_statistics(stats)
-            if self._training_pass_scores is not None and index is not None:
-                self._training_pass_scores.add(index, self.state.global_step, stats)
-        return (loss, outputs) if return_outputs else loss
+        return loss, outputs, self._statistics_from_outputs(model, outputs, labels)
 
     def _labels_of(self, inputs: Mapping[str, Any]) -> torch.Tensor:
         if len(self.label_names) != 1:
@@ -331,28 +307,62 @@ class ZPDTrainer(Trainer):
             raise ValueError(
                 f"ZPDTrainer needs labels to score examples, but the training batch has no {self.label_names[0]!r} "
                 f"(keys: {sorted(inputs)}). Add a 'labels' (or 'label') column to the dataset, or use a collator that "
-                "makes them, e.g. DataCollatorForLanguageModeling(tokenizer, mlm=False) for causal LM."
+                "keeps or makes them, e.g. DataCollatorForLanguageModeling(tokenizer, mlm=False) for causal LM."
             )
         return labels
 
-    def _statistics_from_outputs(self, model, outputs, labels: torch.Tensor) -> ExampleStatistics:
-        unwrapped = self.accelerator.unwrap_model(model)
+    def _logits_of(self, model, outputs) -> torch.Tensor:
         logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
         if logits is None:
             keys = list(outputs.keys()) if isinstance(outputs, Mapping) else f"a {type(outputs).__name__}"
             raise ValueError(
-                f"ZPDTrainer needs the model's logits to score examples, but {type(unwrapped).__name__} returned "
+                f"ZPDTrainer needs the model's logits to score examples, but {model_class_name(model)} returned "
                 f"{keys}. Use a model with a language-modelling or classification head that returns `logits` "
                 "(and keep return_dict=True)."
             )
-        if labels.is_floating_point():
-            raise ValueError(
-                "ZPDTrainer scores examples by cross-entropy against class indices, but the labels are floating point "
-                "(a regression or multi-label head). Use integer class labels."
-            )
-        if unwrapped._get_name() in _CAUSAL_LM_CLASS_NAMES:
+        return logits
+
+    def _statistics_from_outputs(self, model, outputs, labels: torch.Tensor) -> ExampleStatistics:
+        logits = self._logits_of(model, outputs)
+        if self._zpd_alignment == SHIFTED:
             logits, labels = align_causal_labels(logits, labels)
         return per_example_statistics(logits.detach(), labels, chunk_size=self.args.statistics_chunk_size)
+
+    def _preflight(self, model, loader) -> None:
+        """Checks, before the first step, what the statistics need from a real batch of the training loader.
+
+        The labels survive the collator, they are class indices, the batch holds one row per example, the model
+        returns logits; and the label alignment is decided (alignment.py). Every failure is a clear error before any
+        step or file. Runs on every process (the forward is collective under FSDP and ZeRO-3), under a preserved RNG.
+        """
+        dataset = loader.dataset
+        features = [dataset[i] for i in range(min(_PREFLIGHT_EXAMPLES, len(dataset)))]
+        with preserved_rng_and_mode(model), torch.inference_mode():
+            batch = self._prepare_inputs(loader.collate_fn(features))
+            batch.pop(INDEX_COLUMN, None)
+            labels = self._labels_of(batch)
+            if labels.is_floating_point():
+                raise ValueError(
+                    "ZPDTrainer scores examples by cross-entropy against class indices, but the labels are floating "
+                    "point (a regression or multi-label head). Use integer class labels."
+                )
+            if labels.shape[0] != len(features):
+                raise ValueError(
+                    f"The data collator put {len(features)} examples into {labels.shape[0]} rows: it packs several "
+                    "examples into one sequence (padding-free or flattening collators, packing). ZPDTrainer scores "
+                    "each example on its own row; use a padding collator (e.g. DataCollatorWithPadding, or "
+                    "padding_free=False / packing=False)."
+                )
+            outputs = self._probe_forward(model, batch)
+            logits = self._logits_of(model, outputs)
+            loss = outputs.get("loss") if isinstance(outputs, Mapping) else None
+            model_loss = float(loss) if loss is not None and loss.numel() == 1 else None
+            self._zpd_alignment = decide_alignment(model, logits, labels, model_loss, self.args.label_alignment)
+        logger.info(f"ZPDTrainer: {model_class_name(model)} logits are read {self._zpd_alignment} to the labels.")
+
+    def _probe_forward(self, model, batch: dict[str, Any]):
+        """The model's plain forward on a batch with its labels (its own loss, no `num_items_in_batch`)."""
+        return model(**batch)
 
     def _reset_training_accumulators(self) -> None:
         device = self.args.device
@@ -405,19 +415,19 @@ class ZPDTrainer(Trainer):
             if num_tokens == 0:
                 continue
             mean_loss = loss_sum / num_tokens
-            previous = self.curriculum.running_loss
-            self.curriculum.running_loss = (
+            previous = self._zpd_state.running_loss
+            self._zpd_state.running_loss = (
                 mean_loss if previous is None else decay * previous + (1 - decay) * mean_loss
             )
 
     def _running_ppl(self) -> float:
-        running_loss = self.curriculum.running_loss if self.curriculum is not None else None
+        running_loss = self._zpd_state.running_loss if self._zpd_state is not None else None
         return math.exp(running_loss) if running_loss is not None else math.nan
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         # Training logs (they carry "loss") get the running PPL and the means of the per-example statistics since
         # the last log, averaged over all processes.
-        if "loss" in logs and self.curriculum is not None:
+        if "loss" in logs and self._zpd_state is not None:
             self._fold_running_loss()
             window = self.accelerator.reduce(self._window.clone(), reduction="sum").cpu().tolist()
             self._window.zero_()
@@ -436,157 +446,266 @@ class ZPDTrainer(Trainer):
     def _begin_curriculum(self, train_dataloader) -> None:
         dataset_size = len(self.train_dataset)
         self._reset_training_accumulators()
-        self.curriculum = None
+        self._preflight(self.model_wrapped, train_dataloader)
+        self._zpd_labels = class_labels(self.train_dataset, self.label_names) if self.args.class_balance else None
+        self.curriculum = CurriculumRecord(settings=self._record_settings())
+        self._zpd_state = TrainingState(dataset_size=dataset_size)
+        column = detect_id_column(self.train_dataset, self.curriculum_id_column)
+        if column is not None:
+            self.curriculum.id_column = column
+            self.curriculum.example_ids = read_example_ids(self.train_dataset, column)
+        self.curriculum.labels = self._zpd_labels
         if self._zpd_resume_from is not None:
-            self.curriculum = CurriculumState.load(self._zpd_resume_from, dataset_size)
-            if self.curriculum is None:
-                logger.warning(
-                    f"The checkpoint {self._zpd_resume_from} has no curriculum state (it was not written by "
-                    "ZPDTrainer). Training resumes, and the pool is scored with the restored model at the start of "
-                    "the next epoch that needs a zone."
-                )
-        if self.curriculum is None:
-            self.curriculum = CurriculumState(dataset_size=dataset_size)
+            self._restore_curriculum(self._zpd_resume_from, dataset_size)
         self._training_pass_scores = None
         if self.args.score_source == "training_pass":
             self._training_pass_scores = TrainingPassScores(dataset_size)
-            if self.curriculum.training_pass_scores is not None:  # restored from the checkpoint
-                table, step = self.curriculum.training_pass_scores
+            if self._zpd_state.training_pass_scores is not None:  # restored from the checkpoint
+                table, step = self._zpd_state.training_pass_scores
                 self._training_pass_scores.table, self._training_pass_scores.step = table, step
         assert_same_on_every_process(_dataset_sketch(self.train_dataset), "training set", self.accelerator)
-        # The epoch to resume in, by the Trainer's own formula (`_init_training_state`).
+        # The epoch to resume in, by the Trainer's own formula (`_init_training_state`), and the samples of the whole
+        # run (for annealing), from the steps the Trainer will take.
         num_batches = len(train_dataloader)
         accumulation = self.args.gradient_accumulation_steps
         steps_per_epoch = max(num_batches // accumulation + int(num_batches % accumulation > 0), 1)
-        self._zpd_epoch = self.state.global_step // steps_per_epoch
-        self._begin_curriculum_record()
+        self._zpd_epoch = self.state.global_step // steps_per_epoch + 1
+        full_epochs, extra_steps = divmod(self.state.max_steps, steps_per_epoch)
+        samples_per_step = self.get_total_train_batch_size(self.args)
+        self._zpd_total_samples = full_epochs * self._num_samples + min(
+            extra_steps * samples_per_step, self._num_samples
+        )
+        if self.args.replay_curriculum is not None:
+            self._begin_replay(steps_per_epoch)
+
+    def _restore_curriculum(self, checkpoint: str, dataset_size: int) -> None:
+        """Reads the checkpoint's record (draws, zones, scoring passes) and state (running PPL, pending statistics)."""
+        state = TrainingState.load(checkpoint, dataset_size)
+        record_path = os.path.join(checkpoint, RECORD_NAME)
+        if state is None or not os.path.isfile(record_path):
+            logger.warning(
+                f"The checkpoint {checkpoint} has no curriculum state (it was not written by ZPDTrainer). Training "
+                "resumes, and the pool is scored with the restored model when the next epoch is planned."
+            )
+            return
+        record = CurriculumRecord.load(record_path)
+        if record.format_version != self.curriculum.format_version or record.dataset_size != dataset_size:
+            raise ValueError(
+                f"The curriculum record {record_path} does not belong to this training set or hf_zpd version "
+                f"(format {record.format_version}, {record.dataset_size} examples). Resume with the run's own "
+                "data and hf_zpd version, or start a new run (a new output_dir)."
+            )
+        self._zpd_state = state
+        self.curriculum.epochs, self.curriculum.history = record.epochs, record.history
+
+    def _begin_replay(self, steps_per_epoch: int) -> None:
+        """With `replay_curriculum`: every epoch's draws come from the record, so no scoring pass runs."""
+        record = load_curriculum(self.args.replay_curriculum)
+        last_epoch = math.ceil(self.state.max_steps / steps_per_epoch)
+        record.check_replay(
+            dataset_size=len(self.train_dataset),
+            example_ids=lambda column: read_example_ids(self.train_dataset, column),
+            num_samples=self._num_samples,
+            seed=self._curriculum_seed,
+            epochs=list(range(1, last_epoch + 1)),
+        )
+        for epoch, draw in self.curriculum.epochs.items():  # restored from a checkpoint of an earlier replay
+            if not np.array_equal(draw.counts, record.epochs[epoch].counts):
+                raise ValueError(
+                    f"The checkpoint {self._zpd_resume_from} drew epoch {epoch} differently from the replayed "
+                    f"curriculum {record.source}: resume it with the replay_curriculum it was trained with."
+                )
+        self.curriculum.epochs = dict(record.epochs)
+        self.curriculum.history = record.history
+        self.curriculum.settings = dict(record.settings, replayed_from=self.args.replay_curriculum)
+        logger.info(f"Replaying the curriculum {record.source}: epochs {sorted(record.epochs)} draw as recorded.")
 
     def _begin_epoch(self) -> None:
         epoch = self._zpd_epoch
-        if epoch not in self.curriculum.zones and (epoch > 0 or self.args.score_before_training):
-            # Normally the zone was chosen at the previous epoch's end. It is missing after a resume from a
-            # checkpoint saved before that (a step save on an epoch's last step), and before the first epoch.
-            self._choose_zone(epoch)
-        self._zpd_sampler.set_epoch(epoch)
+        if epoch not in self.curriculum.epochs:
+            # Normally the epoch was planned at the previous epoch's end. It is not before the first epoch, nor after a
+            # resume from a checkpoint saved before that (a step save on an epoch's last step).
+            self._plan_epoch(epoch)
+        self._zpd_sampler.set_epoch(epoch - 1)  # the sampler takes the Trainer's 0-based loop index
 
     def _end_epoch(self) -> None:
         self._fold_running_loss()
-        next_epoch = self._zpd_epoch + 1
-        self._zpd_epoch = next_epoch
-        more_to_train = next_epoch < self.state.num_train_epochs and self.state.global_step < self.state.max_steps
-        if more_to_train and next_epoch not in self.curriculum.zones:
-            self._choose_zone(next_epoch)
+        self._zpd_epoch += 1
+        epoch = self._zpd_epoch
+        more_to_train = epoch <= self.state.num_train_epochs and self.state.global_step < self.state.max_steps
+        if more_to_train and epoch not in self.curriculum.epochs:
+            self._plan_epoch(epoch)
+
+    @property
+    def _first_zone_epoch(self) -> int:
+        return 1 if self.args.score_before_training else 2
 
     def _is_scoring_boundary(self, epoch: int) -> bool:
-        """Scoring passes run before epoch `first` and every `rescore_every` epochs after it."""
-        first = 0 if self.args.score_before_training else 1
+        """Scoring passes run before the first zone epoch and every `rescore_every` epochs after it."""
+        first = self._first_zone_epoch
         return epoch >= first and (epoch - first) % self.args.rescore_every == 0
 
-    def _choose_zone(self, epoch: int) -> None:
-        curriculum = self.curriculum
-        rescored = self._is_scoring_boundary(epoch) or curriculum.latest_scores is None
+    def _plan_epoch(self, epoch: int) -> None:
+        """Decides what `epoch` draws: uniformly before any scores, else the composition around the zone."""
+        record, boundary = self.curriculum, epoch - 1
+        metrics: dict[str, float] = {"zpd/epoch": float(epoch)}
+        if epoch < self._first_zone_epoch:
+            scored_at = None
+            if self.args.uses_learnability_guard and boundary == 0:
+                # The guard's baseline: scores before any training, to compare the first zone's scores with.
+                table, seconds = self._score_pool(boundary)
+                record.history.tables[boundary] = table
+                scored_at = boundary
+                metrics["zpd/scoring_seconds"] = seconds
+            plan = uniform_plan(len(self.train_dataset), self._num_samples, self._curriculum_seed, epoch)
+            metrics.update({"zpd/uniform": 1.0, "zpd/num_skipped": float((plan.counts == 0).sum())})
+            record.epochs[epoch] = EpochDraw(
+                epoch, plan.counts, plan.anneal_counts, scored_at=scored_at, metrics=metrics
+            )
+            self.log(dict(metrics))
+            return
+        latest = record.history.latest(before=epoch)
+        rescored = self._is_scoring_boundary(epoch) or latest is None
         if rescored:
             if not self._is_scoring_boundary(epoch):
                 logger.warning(f"No scores to reuse for epoch {epoch}: scoring the pool now.")
-            table, seconds = self._scores_for_zone(epoch)
-            progress = self._learning_progress(curriculum.latest_scores, table, curriculum.zones.get(epoch - 1))
-            curriculum.previous_scores = curriculum.latest_scores
-            curriculum.latest_scores, curriculum.latest_scores_epoch = table, epoch
-        table = curriculum.latest_scores
-        pool = np.flatnonzero(~np.isnan(table.num_tokens))
-        selection = self._select(table, pool)
-        curriculum.zones[epoch] = pool[selection.indices]
-        metrics = self._selection_metrics(epoch, table, pool, selection)
-        metrics["zpd/rescored"] = float(rescored)
-        if rescored:
+            table, seconds = self._scores_for_zone(boundary)
+            previous = record.history.latest(before=boundary + 1)
+            record.history.tables[boundary] = table
             metrics["zpd/scoring_seconds"] = seconds
-            metrics.update(progress)
-        curriculum.epoch_metrics[epoch] = metrics
-        self._zpd_history.remember(epoch, curriculum.latest_scores_epoch, curriculum.latest_scores)
+            if previous is not None:
+                metrics.update(self._learning_progress(previous[1], table, record.epochs.get(epoch - 1)))
+            latest = (boundary, table)
+        scored_at, table = latest
+        plan = self._compose(epoch, scored_at, table)
+        metrics.update(self._pool_metrics(table, plan))
+        metrics["zpd/rescored"] = float(rescored)
+        bands = {
+            -1 if group.label is None else group.label: tuple(
+                math.exp(v) for v in (group.log_level, group.log_lower, group.log_upper)
+            )
+            for group in plan.groups
+        }
+        record.epochs[epoch] = EpochDraw(
+            epoch,
+            plan.counts,
+            plan.anneal_counts,
+            zone=plan.zone,
+            in_band=plan.in_band,
+            out_of_reach=plan.out_of_reach,
+            scored_at=scored_at,
+            bands=bands,
+            metrics=metrics,
+        )
         self.log(dict(metrics))
 
-    def _scores_for_zone(self, epoch: int) -> tuple[ScoreTable, float]:
-        """The scores behind epoch `epoch`'s zone and the seconds they took: a scoring pass, or the training passes'
-        statistics since the last zone laid over the latest scores (`score_source="training_pass"`)."""
-        source = self._training_pass_scores
-        if source is None:
-            return self._score_pool(epoch)
-        start = time.perf_counter()
-        source.merge(self.accelerator)
-        if source.num_scored() == 0:  # nothing trained yet (score_before_training): a real pass
-            return self._score_pool(epoch)
-        latest = self.curriculum.latest_scores
-        table = ScoreTable.empty(len(self.train_dataset)) if latest is None else latest.copy()
-        fresh = ~np.isnan(source.step)
-        for column in SCORE_COLUMNS:
-            getattr(table, column)[fresh] = getattr(source.table, column)[fresh]
-        table.vocab_size = source.table.vocab_size
-        source.clear()
-        return table, time.perf_counter() - start
+    def _log_difficulty(self, table: ScoreTable) -> np.ndarray:
+        return log_difficulty(table.competence(self.args.effective_competence_weights), table.vocab_size)
 
-    def _select(self, table: ScoreTable, pool: np.ndarray) -> ZoneSelection:
-        weights = self.args.effective_competence_weights
-        log_d = log_difficulty(table.competence(weights)[pool], table.vocab_size)
-        valid = table.finite()[pool]
-        if not valid.any():
-            no_targets = int((table.num_tokens[pool] == 0).sum())
+    def _compose(self, epoch: int, scored_at: int, table: ScoreTable) -> EpochPlan:
+        """The epoch's draw counts from the pass at `scored_at` (selection.py), with the guard's flags."""
+        drawable = table.finite() & (table.num_tokens > 0)
+        if not drawable.any():
+            pool = int((~np.isnan(table.num_tokens)).sum())
+            no_targets = int((table.num_tokens == 0).sum())
             raise RuntimeError(
-                f"None of the {pool.size} scored examples has finite statistics ({no_targets} have no supervised "
-                f"token, the rest gave NaN or inf logits). If the labels are all -100, check the collator and the "
+                f"None of the {pool} scored examples has finite statistics ({no_targets} have no supervised "
+                "token, the rest gave NaN or inf logits). If the labels are all -100, check the collator and the "
                 "label column; if the model diverged, lower the learning rate, set max_grad_norm, or use bf16 "
                 "instead of fp16. The last checkpoint is intact."
             )
-        min_size = minimum_zone_size(
-            pool.size, self.args.min_zone_fraction, self.get_total_train_batch_size(self.args)
+        policy = self.args.composition_policy(self.get_total_train_batch_size(self.args))
+        num_anneal = 0
+        if self.args.composition == "zone_and_fill":
+            num_anneal = anneal_samples(epoch, self._num_samples, self._zpd_total_samples, self.args.anneal_fraction)
+        plan = compose_epoch(
+            policy,
+            self._num_samples,
+            self._log_difficulty(table),
+            drawable,
+            seed=self._curriculum_seed,
+            epoch=epoch,
+            labels=self._zpd_labels,
+            out_of_reach=self._out_of_reach(scored_at) if self.args.uses_learnability_guard else None,
+            num_anneal=num_anneal,
         )
-        selection = select_zone(log_d, self.args.band_lower, self.args.band_upper, min_size, valid=valid)
-        if selection.num_widened:
+        if plan.metrics["zpd/num_widened"]:
             logger.info(
-                f"The ZPD band held {selection.num_in_band} of {pool.size} examples, fewer than the minimum "
-                f"{min_size}: widened by the {selection.num_widened} examples nearest to it (zpd/num_widened)."
+                f"Epoch {epoch}: the ZPD band held {int(plan.metrics['zpd/num_in_band'])} drawable examples, fewer "
+                f"than the minimum: widened by the {int(plan.metrics['zpd/num_widened'])} nearest (zpd/num_widened)."
             )
-        return selection
+        return plan
 
-    def _selection_metrics(self, epoch: int, table: ScoreTable, pool: np.ndarray, selection: ZoneSelection):
+    def _out_of_reach(self, boundary: int) -> np.ndarray:
+        """The learnability guard's flags after the pass at `boundary`, from that pass and the one before it."""
+        record = self.curriculum
+        previous = record.history.latest(before=boundary)
+        size = len(self.train_dataset)
+        if previous is None:
+            return np.zeros(size, dtype=bool)
+        previous_boundary, before = previous
+        flagged = np.zeros(size, dtype=bool)
+        for draw in record.epochs.values():
+            if draw.scored_at == previous_boundary:  # the flags the previous pass set
+                flagged[draw.out_of_reach] = True
+                break
+        # The epochs trained between the two passes: previous_boundary + 1, ..., boundary.
+        drawn = np.zeros(size, dtype=bool)
+        for epoch in range(previous_boundary + 1, boundary + 1):
+            if epoch in record.epochs:
+                drawn |= record.epochs[epoch].counts > 0
+        after = record.history.tables[boundary]
+        return guard_flags(
+            flagged,
+            before.loss,
+            after.loss,
+            drawn,
+            self._log_difficulty(after),
+            after.finite() & (after.num_tokens > 0),
+            self._zpd_labels if self.args.class_balance else None,
+        )
+
+    def _pool_metrics(self, table: ScoreTable, plan: EpochPlan) -> dict[str, float]:
+        """The pool's and the zone's statistics for the log, and the draw's own metrics."""
         weights = self.args.effective_competence_weights
+        pool = np.flatnonzero(~np.isnan(table.num_tokens))
         finite = table.finite()
-        example_competence = table.competence(weights)
         no_targets = table.num_tokens[pool] == 0
+        log_level, log_lower, log_upper = band_around_level(
+            self._log_difficulty(table)[pool], self.args.band_lower, self.args.band_upper, finite[pool]
+        )
         metrics = {
-            "zpd/epoch": float(epoch),
             "zpd/ppl": float(np.exp(table.loss[pool][finite[pool]].mean())),
-            "zpd/level": selection.level,
-            "zpd/band_lower": selection.band_lower,
-            "zpd/band_upper": selection.band_upper,
-            "zpd/zone_fraction": selection.zone_fraction,
+            "zpd/level": math.exp(log_level),
+            "zpd/band_lower": math.exp(log_lower),
+            "zpd/band_upper": math.exp(log_upper),
+            "zpd/zone_fraction": plan.metrics["zpd/num_in_band"] / pool.size,
             "zpd/num_scored": float(pool.size),
-            "zpd/num_in_band": float(selection.num_in_band),
-            "zpd/num_selected": float(selection.indices.size),
-            "zpd/num_widened": float(selection.num_widened),
             "zpd/num_nonfinite": float((~finite[pool] & ~no_targets).sum()),
             "zpd/num_no_targets": float(no_targets.sum()),
         }
-        if self.curriculum.running_loss is not None:  # none before the first training step
+        if self._zpd_state.running_loss is not None:  # none before the first training step
             metrics["zpd/running_ppl"] = self._running_ppl()
-        groups = {"pool": pool[finite[pool]], "selected": pool[selection.indices]}
-        for group, members in groups.items():
+        example_competence = table.competence(weights)
+        for group, members in (("pool", pool[finite[pool]]), ("selected", plan.zone)):
             for name, values in (
                 ("loss", table.loss),
                 ("confidence", table.confidence),
                 ("entropy", table.entropy),
                 ("competence", example_competence),
             ):
-                metrics[f"zpd/{group}_{name}"] = float(values[members].mean())
+                metrics[f"zpd/{group}_{name}"] = float(values[members].mean()) if members.size else math.nan
+        metrics.update(plan.metrics)
         return metrics
 
     @staticmethod
-    def _learning_progress(before: ScoreTable | None, after: ScoreTable, zone: np.ndarray | None) -> dict[str, float]:
-        """How much the loss of the zone that was trained on fell, against the rest of the pool (the hit rate)."""
-        if before is None or zone is None:
+    def _learning_progress(before: ScoreTable, after: ScoreTable, trained: EpochDraw | None) -> dict[str, float]:
+        """How much the loss of the zone that was just trained on fell, against the rest of the pool (the hit rate)."""
+        if trained is None or trained.zone is None:
             return {}
         both = before.finite() & after.finite()
         selected = np.zeros(len(after), dtype=bool)
-        selected[zone] = True
+        selected[trained.zone] = True
         drop = before.loss - after.loss
         in_zone, others = drop[both & selected], drop[both & ~selected]
         if in_zone.size == 0 or others.size == 0:
@@ -597,14 +716,33 @@ class ZPDTrainer(Trainer):
             "zpd/hit_rate": float((in_zone > others.mean()).mean()),
         }
 
+    def _scores_for_zone(self, boundary: int) -> tuple[ScoreTable, float]:
+        """The scores behind a zone and the seconds they took: a scoring pass, or the training passes' statistics since
+        the last zone laid over the latest scores (`score_source="training_pass"`)."""
+        source = self._training_pass_scores
+        if source is None:
+            return self._score_pool(boundary)
+        start = time.perf_counter()
+        source.merge(self.accelerator)
+        if source.num_scored() == 0:  # nothing trained yet (score_before_training): a real pass
+            return self._score_pool(boundary)
+        latest = self.curriculum.latest_scores
+        table = ScoreTable.empty(len(self.train_dataset)) if latest is None else latest.copy()
+        fresh = ~np.isnan(source.step)
+        for column in SCORE_COLUMNS:
+            getattr(table, column)[fresh] = getattr(source.table, column)[fresh]
+        table.vocab_size = source.table.vocab_size
+        source.clear()
+        return table, time.perf_counter() - start
+
     # ---- The scoring pass ----
 
-    def _pool_indices(self, epoch: int) -> np.ndarray:
+    def _pool_indices(self, boundary: int) -> np.ndarray:
         size = len(self.train_dataset)
         pool_size = self.args.scoring_pool_size
         if pool_size is None or pool_size >= size:
             return np.arange(size, dtype=np.int64)
-        rng = np.random.default_rng([self._curriculum_seed, epoch, 1])
+        rng = np.random.default_rng([self._curriculum_seed, boundary, 1])
         return np.sort(rng.choice(size, size=pool_size, replace=False)).astype(np.int64)
 
     def _example_lengths(self, dataset) -> np.ndarray | None:
@@ -629,9 +767,9 @@ class ZPDTrainer(Trainer):
         return None
 
     def _forward_statistics(self, model, inputs: dict[str, Any]) -> ExampleStatistics:
-        inputs = self._prepare_inputs(inputs)
+        inputs = self._prepare_inputs(inputs)  # private Trainer method (transformers 5.24): device placement
         labels = self._labels_of(inputs)
-        unwrapped = self.accelerator.unwrap_model(model)
+        unwrapped = base_model(model)
         model_inputs = {key: value for key, value in inputs.items() if key not in self.label_names}
         if getattr(getattr(unwrapped, "config", None), "is_encoder_decoder", False):
             if "decoder_input_ids" not in model_inputs:
@@ -643,9 +781,9 @@ class ZPDTrainer(Trainer):
         outputs = model(**model_inputs)
         return self._statistics_from_outputs(model, outputs, labels)
 
-    def _score_pool(self, epoch: int) -> tuple[ScoreTable, float]:
+    def _score_pool(self, boundary: int) -> tuple[ScoreTable, float]:
         loader = self._zpd_loader
-        pool = self._pool_indices(epoch)
+        pool = self._pool_indices(boundary)
         batch_size = self.args.scoring_batch_size or self.args.per_device_eval_batch_size
         batches = length_grouped_batches(pool, self._example_lengths(loader.dataset), batch_size)
         return run_scoring_pass(
@@ -663,8 +801,9 @@ class ZPDTrainer(Trainer):
     def _model_for_inference(self) -> torch.nn.Module:
         """The model as `evaluate()` runs it. Outside `train()` the accelerator has not prepared it yet, and without
         that its forward has no mixed-precision autocast (and, under DeepSpeed or FSDP, no engine)."""
-        # Mirrors the preparation at the top of the private Trainer.evaluation_loop (checked against
-        # transformers 5.24); the public evaluate() cannot be reused because it computes no per-example statistics.
+        # Mirrors the preparation at the top of the private Trainer.evaluation_loop (checked against transformers 5.24:
+        # private `_wrap_model` and `accelerator._models`); the public evaluate() cannot be reused because it returns
+        # no per-example statistics, and gathering full logits through it would not fit in memory for an LM.
         if self.is_deepspeed_enabled and self.deepspeed is None:
             from transformers.integrations.deepspeed import deepspeed_init
 
@@ -701,22 +840,24 @@ class ZPDTrainer(Trainer):
 
         Returns:
             `datasets.Dataset`: one row per example in dataset order, with `zpd_example_index`, the ids (if any),
-            `loss`, `confidence`, `entropy`, `competence` and `difficulty` (from `difficulty_mode`; METHOD.md) and
+            `loss`, `confidence`, `entropy`, `competence` and `difficulty` (from `difficulty_mode`) and
             `num_tokens`. Examples without supervised tokens have NaN statistics and `num_tokens` 0.
         """
         dataset = dataset if dataset is not None else self.train_dataset
         if dataset is None:
             raise ValueError("score_dataset needs a dataset: pass one, or give the trainer a train_dataset.")
-        indexed = self._with_index_column(dataset)
-        loader = self._get_dataloader(
-            dataset=indexed, description="Scoring", batch_size=1, sampler_fn=None, is_training=False
-        )
-        lengths = self._lengths_of(loader.dataset)
+        with self._index_keeping_collator():
+            loader = self._get_dataloader(
+                dataset=with_index_column(dataset), description="Scoring", batch_size=1, sampler_fn=None
+            )
+        model = self._model_for_inference()
+        if self._zpd_alignment is None:
+            self._preflight(model, loader)
         batch_size = self.args.scoring_batch_size or self.args.per_device_eval_batch_size
         table, _ = run_scoring_pass(
-            model=self._model_for_inference(),
+            model=model,
             dataset=loader.dataset,
-            batches=length_grouped_batches(np.arange(len(dataset)), lengths, batch_size),
+            batches=length_grouped_batches(np.arange(len(dataset)), self._lengths_of(loader.dataset), batch_size),
             collate_fn=loader.collate_fn,
             forward_statistics=self._forward_statistics,
             accelerator=self.accelerator,
@@ -743,96 +884,94 @@ class ZPDTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial) -> None:
         # Private Trainer method (checked against transformers 5.24): the one place every checkpoint passes
-        # through, the just-in-time path included (which skips `on_save`). The curriculum state goes in first and
-        # atomically, so a checkpoint folder with model weights always has the state that matches them.
-        if self.curriculum is not None:
+        # through, the just-in-time path included (which skips `on_save`). The curriculum (record and state) goes in
+        # first and atomically, so a checkpoint folder with model weights always has the curriculum that matches them.
+        if self._zpd_state is not None:
             self._fold_running_loss()
             if self._training_pass_scores is not None:  # collective; the merged table goes into the checkpoint
                 self._training_pass_scores.merge(self.accelerator)
                 scores = self._training_pass_scores
-                self.curriculum.training_pass_scores = (scores.table, scores.step)
+                self._zpd_state.training_pass_scores = (scores.table, scores.step)
             if self.args.should_save:
                 folder = os.path.join(
                     self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
                 )
                 self.curriculum.save(folder)
-                self._save_curriculum_record(folder)
+                self._zpd_state.save(folder)
         super()._save_checkpoint(model, trial)
 
+    def _end_curriculum(self) -> None:
+        if self.curriculum is not None and self.args.should_save:
+            self.curriculum.save(self.args.output_dir)
+
     # ---- The curriculum as data ----
-    # The record (hf_zpd/record.py) is built on demand from `self.curriculum` (zones, epoch metrics) and
-    # `self._zpd_history` (every scoring pass, remembered by `_choose_zone`), and written as `zpd_curriculum.parquet`
-    # into each checkpoint (`_save_checkpoint`) and into output_dir at the end of training (`on_train_end`).
 
-    curriculum_id_column: str | None = None
-    """The training set's column of stable example ids stored in the record; `None` detects a column named `id`,
-    `idx`, `example_id` or `guid`. Set it on the trainer before `train()` to name another."""
+    def _record_settings(self) -> dict[str, Any]:
+        args, dataset = self.args, self.train_dataset
+        config = getattr(base_model(self.model), "config", None)
+        return {
+            "dataset_size": len(dataset),
+            "num_samples_per_epoch": self._num_samples,
+            "epoch_fraction": args.epoch_fraction,
+            "seed": self._curriculum_seed,
+            "composition": args.composition,
+            "zone_repeats": args.zone_repeats,
+            "fill": args.fill,
+            "fill_temperature": args.fill_temperature,
+            "class_balance": args.class_balance,
+            "learnability_guard": args.learnability_guard,
+            "anneal_fraction": args.anneal_fraction,
+            "replay_fraction": args.replay_fraction,
+            "score_before_training": args.score_before_training,
+            "band_lower": args.band_lower,
+            "band_upper": args.band_upper,
+            "difficulty_mode": args.difficulty_mode,
+            "competence_weights": list(args.effective_competence_weights),
+            "min_zone_fraction": args.min_zone_fraction,
+            "global_batch_size": self.get_total_train_batch_size(args),
+            "rescore_every": args.rescore_every,
+            "scoring_pool_size": args.scoring_pool_size,
+            "num_train_epochs": self.state.num_train_epochs or args.num_train_epochs,
+            "base_model": model_display_name(getattr(config, "_name_or_path", None)),
+            "source_dataset": dataset_display_name(dataset),
+        }
 
-    _zpd_history: ScoreHistory | None = None
-    _zpd_replayed: CurriculumRecord | None = None
-    _zpd_curriculum_repo_id: str | None = None
-
-    def curriculum_record(self, id_column: str | None = None) -> CurriculumRecord:
-        """The run's curriculum so far as a [`CurriculumRecord`]: every zone, the scores behind it, the settings.
-
-        Args:
-            id_column (`str`, *optional*): the column of example ids; defaults to `curriculum_id_column`, then to
-                the first of `id`, `idx`, `example_id`, `guid` in the training set.
-        """
+    def _require_curriculum(self) -> CurriculumRecord:
         if self.curriculum is None:
             raise ValueError(
                 "This trainer has no curriculum yet: call train() first, or read a saved one with "
                 "hf_zpd.load_curriculum(path_or_repo_id)."
             )
-        if self._zpd_replayed is not None:
-            settings = dict(self._zpd_replayed.settings, replayed_from=self.args.replay_curriculum)
-        else:
-            settings = self._record_settings()
-        column = detect_id_column(self.train_dataset, id_column or self.curriculum_id_column)
-        return CurriculumRecord(
-            settings=settings,
-            zones=dict(self.curriculum.zones),
-            history=self._zpd_history if self._zpd_history is not None else ScoreHistory(),
-            epoch_metrics={epoch: dict(metrics) for epoch, metrics in self.curriculum.epoch_metrics.items()},
-            example_ids=read_example_ids(self.train_dataset, column) if column is not None else None,
-            id_column=column,
-        )
+        return self.curriculum
 
-    def save_curriculum(self, path: str | None = None, id_column: str | None = None) -> str:
+    def save_curriculum(self, path: str | None = None) -> str:
         """Writes the curriculum record (atomically) and returns its path; only the main process writes.
 
         Args:
             path (`str`, *optional*, defaults to `args.output_dir`):
                 A folder (it gets `zpd_curriculum.parquet`) or a file name ending in `.parquet`.
-            id_column (`str`, *optional*): see [`~ZPDTrainer.curriculum_record`].
         """
         path = os.fspath(path if path is not None else self.args.output_dir)
-        record = self.curriculum_record(id_column)
+        record = self._require_curriculum()
         if not path.endswith(".parquet"):
             path = os.path.join(path, RECORD_NAME)
         if self.args.should_save:
             record.save(path)
         return path
 
-    def curated_dataset(self, epoch: int | None = None, id_column: str | None = None) -> datasets.Dataset:
-        """The training examples `epoch` selected (all epochs' when `None`) with their scores, as a `datasets.Dataset`.
+    def curated_dataset(self, epoch: int | None = None) -> datasets.Dataset:
+        """The training examples `epoch` drew (all epochs' when `None`) with their scores, as a `datasets.Dataset`.
 
-        The examples keep their own columns and gain `zpd_epoch`, `zpd_example_index`, `zpd_in_band`, `zpd_loss`,
-        `zpd_confidence`, `zpd_entropy`, `zpd_competence`, `zpd_difficulty` and `zpd_num_tokens`; `save_to_disk`,
-        `push_to_hub` and `load_dataset` read it back like any dataset.
+        The examples keep their own columns and gain `zpd_epoch`, `zpd_example_index`, `zpd_draws`, `zpd_in_zone`,
+        `zpd_in_band`, `zpd_out_of_reach`, `zpd_loss`, `zpd_confidence`, `zpd_entropy`, `zpd_competence`,
+        `zpd_difficulty` and `zpd_num_tokens`; `save_to_disk`, `push_to_hub` and `load_dataset` read it back.
         """
-        return self.curriculum_record(id_column).curated_dataset(self.train_dataset, epoch)
+        return self._require_curriculum().curated_dataset(self.train_dataset, epoch)
 
     def default_curriculum_repo_id(self) -> str:
         """The model's repo id, derived as `Trainer.init_hf_repo` does (transformers 5.24), plus `-curriculum`."""
         model_repo = self.hub_model_id or self.args.hub_model_id or Path(self.args.output_dir).absolute().name
         return f"{model_repo}-curriculum"
-
-    def curriculum_card(self, repo_id: str | None = None, license: str | None = None, id_column: str | None = None):
-        """The dataset card (`huggingface_hub.DatasetCard`) that [`~ZPDTrainer.push_curriculum_to_hub`] pushes."""
-        return self.curriculum_record(id_column).card(
-            repo_id or self.default_curriculum_repo_id(), license=license, model_repo_id=self.hub_model_id
-        )
 
     def push_curriculum_to_hub(
         self,
@@ -842,7 +981,6 @@ class ZPDTrainer(Trainer):
         revision: str | None = None,
         commit_message: str = "Upload ZPD curriculum",
         license: str | None = None,
-        id_column: str | None = None,
     ):
         """Pushes the curriculum record and its dataset card to a Hub dataset repo; returns the `CommitInfo`.
 
@@ -858,7 +996,6 @@ class ZPDTrainer(Trainer):
             revision (`str`, *optional*): the branch to commit to.
             commit_message (`str`, *optional*): the commit's title.
             license (`str`, *optional*): the licence written into the card's metadata (e.g. the training data's).
-            id_column (`str`, *optional*): see [`~ZPDTrainer.curriculum_record`].
 
         Raises:
             `PermissionError`: the Hub refused the write (no token, or a read-only one).
@@ -866,9 +1003,10 @@ class ZPDTrainer(Trainer):
         """
         if not self.is_world_process_zero():
             return None
-        record = self.curriculum_record(id_column)
+        record = self._require_curriculum()
         local_path = record.save(self.args.output_dir)
-        commit = record.push_to_hub(
+        commit = push_curriculum(
+            record,
             repo_id or self.default_curriculum_repo_id(),
             token=token if token is not None else self.args.hub_token,
             private=private if private is not None else self.args.hub_private_repo,
@@ -906,78 +1044,37 @@ class ZPDTrainer(Trainer):
             return super().push_to_hub(commit_message, blocking, token, revision, private, **kwargs)
 
     def create_model_card(self, *args, **kwargs) -> None:
-        """[`~transformers.Trainer.create_model_card`], plus a curriculum section and the `hf_zpd` tags."""
+        """The parent's `create_model_card`, plus a curriculum section (cards.py)."""
         super().create_model_card(*args, **kwargs)
         if not self.is_world_process_zero() or self.curriculum is None:
             return
+        from huggingface_hub import ModelCard
+
         path = os.path.join(self.args.output_dir, "README.md")
-        card = render_model_card_section(ModelCard.load(path), self.curriculum_record(), self._zpd_curriculum_repo_id)
+        card = with_curriculum_section(ModelCard.load(path), self.curriculum, self._zpd_curriculum_repo_id)
         card.save(path)
 
-    def _record_settings(self) -> dict[str, Any]:
-        args, dataset = self.args, self.train_dataset
-        config = getattr(self.model, "config", None)
-        info = getattr(dataset, "info", None)
-        return {
-            "dataset_size": len(dataset),
-            "num_samples_per_epoch": samples_per_epoch(len(dataset), args.epoch_fraction),
-            "epoch_fraction": args.epoch_fraction,
-            "replay_fraction": args.replay_fraction,
-            "seed": self._curriculum_seed,
-            "score_before_training": args.score_before_training,
-            "band_lower": args.band_lower,
-            "band_upper": args.band_upper,
-            "difficulty_mode": args.difficulty_mode,
-            "competence_weights": list(args.effective_competence_weights),
-            "min_zone_fraction": args.min_zone_fraction,
-            "global_batch_size": self.get_total_train_batch_size(args),
-            "rescore_every": args.rescore_every,
-            "scoring_pool_size": args.scoring_pool_size,
-            "num_train_epochs": self.state.num_train_epochs or args.num_train_epochs,
-            "base_model": getattr(config, "_name_or_path", None) or None,
-            "source_dataset": getattr(info, "dataset_name", None) or None,
-        }
 
-    def _begin_curriculum_record(self) -> None:
-        """At train start: the score history (restored on resume), and with `replay_curriculum` the recorded zones."""
-        self._zpd_history, self._zpd_replayed = ScoreHistory(), None
-        if self._zpd_resume_from is not None:
-            # The checkpoint's record holds the scoring passes before it; a checkpoint without one (older, or of the
-            # plain Trainer) resumes with the earlier epochs' selection only (their scores are left NaN).
-            path = os.path.join(self._zpd_resume_from, RECORD_NAME)
-            if os.path.isfile(path):
-                self._zpd_history = CurriculumRecord.load(path).history
-        if self.args.replay_curriculum is None:
-            return
-        record = load_curriculum(self.args.replay_curriculum)
-        first = 0 if self.args.score_before_training else 1
-        record.check_replay(
-            dataset_size=len(self.train_dataset),
-            example_ids=lambda column: read_example_ids(self.train_dataset, column),
-            settings={
-                "epoch_fraction": self.args.epoch_fraction,
-                "replay_fraction": self.args.replay_fraction,
-                "seed": self._curriculum_seed,
-                "score_before_training": self.args.score_before_training,
-            },
-            epochs=list(range(first, self.state.num_train_epochs)),
-        )
-        for epoch, zone in self.curriculum.zones.items():  # restored from a checkpoint of an earlier replay
-            if epoch in record.zones and not np.array_equal(zone, record.zones[epoch]):
-                raise ValueError(
-                    f"The checkpoint {self._zpd_resume_from} drew epoch {epoch} from another zone than the replayed "
-                    f"curriculum {record.source}: resume it with the replay_curriculum it was trained with."
-                )
-        # Every epoch's zone is known up front, so `_begin_epoch` and `_end_epoch` never call `_choose_zone`: no
-        # scoring pass runs, and the draws are those of the recorded run.
-        self.curriculum.zones = {epoch: zone.copy() for epoch, zone in record.zones.items()}
-        self.curriculum.epoch_metrics = {epoch: dict(metrics) for epoch, metrics in record.epoch_metrics.items()}
-        self._zpd_history, self._zpd_replayed = record.history, record
-        logger.info(f"Replaying the curriculum {record.source}: epochs {sorted(record.zones)} draw from its zones.")
+class ZPDTrainer(ZPDTrainerMixin, Trainer):
+    """
+    A drop-in [`~transformers.Trainer`] whose epochs are drawn around the zone of proximal development: the examples
+    whose difficulty lies in `[band_lower x D, band_upper x D]`, slightly harder than the model's current level D.
 
-    def _save_curriculum_record(self, folder: str) -> None:
-        self.curriculum_record().save(folder)
+    It takes exactly the Trainer's arguments. `args` may be a [`ZPDConfig`] or a plain
+    [`~transformers.TrainingArguments`] (then the ZPD defaults apply). The loss it optimises is the Trainer's,
+    unchanged, and so are the steps and the learning-rate schedule. At each epoch end a scoring pass (eval mode, no
+    gradient, sharded over processes) measures every example's loss, confidence and entropy; the next epoch's fixed
+    number of samples is then composed around the zone (`composition`; see [`ZPDConfig`]).
 
-    def _end_curriculum_record(self) -> None:
-        if self.curriculum is not None and self.args.should_save:
-            self.curriculum_record().save(self.args.output_dir)
+    Example:
+
+    ```python
+    >>> from transformers import AutoModelForSequenceClassification
+    >>> from hf_zpd import ZPDConfig, ZPDTrainer
+    >>> trainer = ZPDTrainer(model=model, args=ZPDConfig("out", num_train_epochs=3), train_dataset=train)  # doctest: +SKIP
+    >>> trainer.train()  # doctest: +SKIP
+    >>> trainer.curriculum.zones[2]  # the zone epoch 2 was drawn around (dataset indices)  # doctest: +SKIP
+    >>> trainer.curriculum.epochs[2].counts  # how many times epoch 2 drew each example  # doctest: +SKIP
+
+    ```
+    """

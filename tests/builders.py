@@ -166,3 +166,42 @@ def assert_bitwise_equal(left: dict[str, torch.Tensor], right: dict[str, torch.T
     assert left.keys() == right.keys()
     different = [name for name in left if not torch.equal(left[name], right[name])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+# ---- a tiny chat setup for TRL's SFTTrainer ----
+
+CHAT_SPECIAL = ["<pad>", "<unk>", "<s>", "</s>", "<user>", "<assistant>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '<user> ' + message['content'] + ' ' }}"
+    "{% else %}{{ '<assistant> ' }}{% generation %}{{ message['content'] + ' </s>' }}{% endgeneration %}{{ ' ' }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<assistant> ' }}{% endif %}"
+)
+
+
+def build_chat_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level fast tokenizer with user/assistant role tokens and a chat template that marks the assistant turn
+    with `{% generation %}` (what TRL's `assistant_only_loss=True` needs)."""
+    vocab = {token: index for index, token in enumerate(CHAT_SPECIAL + WORDS)}
+    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def chat_dataset(num_examples: int = 32, seed: int = 0) -> Dataset:
+    """Conversations: a user sentence, and an assistant reply that says its sentiment in words."""
+    texts, labels = sentences(num_examples, seed)
+    replies = ["good good", "bad bad", "fine"]
+    return Dataset.from_dict(
+        {
+            "messages": [
+                [{"role": "user", "content": text}, {"role": "assistant", "content": replies[label]}]
+                for text, label in zip(texts, labels, strict=True)
+            ]
+        }
+    )

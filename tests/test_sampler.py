@@ -1,4 +1,4 @@
-"""`samples_per_epoch`, `draw_epoch` and `ZPDSampler`, including accelerate's sharding across processes."""
+"""`samples_per_epoch`, `epoch_order` and `ZPDSampler`, including accelerate's sharding across processes."""
 
 import math
 from collections import Counter
@@ -10,39 +10,32 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
-from hf_zpd.sampler import ZPDSampler, draw_epoch, samples_per_epoch
+from hf_zpd.sampler import ZPDSampler, epoch_order, samples_per_epoch
+from hf_zpd.selection import EpochPlan
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The naive reference
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def reference_draw(num_samples, dataset_size, zone, replay_fraction, seed, epoch) -> list[int]:
-    """The draw written out: whole shuffled passes over the zone, then over the whole set for the replay share
-    `round(replay_fraction * num_samples)`, then one shuffle of both, with the same numpy Generator calls in the same
-    order (so this pins the random stream a resumed run relies on)."""
-    rng = np.random.default_rng([seed, epoch])
-
-    def passes(population, count: int) -> list[int]:
-        drawn: list[int] = []
-        while len(drawn) < count:
-            drawn.extend(rng.permutation(np.asarray(population, dtype=np.int64)).tolist())
-        return drawn[:count]
-
-    if zone is None:
-        return passes(np.arange(dataset_size), num_samples)
-    num_replay = round(replay_fraction * num_samples)
-    from_zone = passes(zone, num_samples - num_replay)
-    from_replay = passes(np.arange(dataset_size), num_replay)
-    return rng.permutation(np.array(from_zone + from_replay, dtype=np.int64)).tolist()
+def reference_order(counts, anneal_counts, seed, epoch) -> list[int]:
+    """The order written out: each example repeated by its composed count, shuffled; then each repeated by its
+    annealing count, shuffled; with the same numpy Generator calls in the same order (this pins the random stream a
+    resumed run relies on)."""
+    rng = np.random.default_rng([seed, epoch, 0])
+    composed, annealed = [], []
+    for index, (count, anneal) in enumerate(zip(counts, anneal_counts, strict=True)):
+        composed += [index] * (count - anneal)
+        annealed += [index] * anneal
+    first = rng.permutation(np.array(composed, dtype=np.int64)).tolist()
+    return first + rng.permutation(np.array(annealed, dtype=np.int64)).tolist()
 
 
-def assert_even_use(draw: list[int], population, count: int):
-    """Every member of `population` appears floor or ceil of count / |population| times, and nothing else."""
-    counts = Counter(draw)
-    assert set(counts) <= set(population)
-    low, high = count // len(population), math.ceil(count / len(population))
-    assert all(low <= counts.get(member, 0) <= high for member in population), counts
+def plan(counts, anneal=None) -> EpochPlan:
+    counts = np.asarray(counts, dtype=np.int64)
+    anneal = np.zeros_like(counts) if anneal is None else np.asarray(anneal, dtype=np.int64)
+    empty = np.zeros(0, dtype=np.int64)
+    return EpochPlan(counts, anneal, empty, empty, empty)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -73,141 +66,79 @@ def test_samples_per_epoch_of_a_decimal_fraction_is_exact(dataset_size, fraction
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# draw_epoch
+# epoch_order
 # ----------------------------------------------------------------------------------------------------------------------
 
-DRAW_CASES = {
-    "uniform_whole": (20, 20, None, 0.0),
-    "uniform_shorter": (7, 20, None, 0.0),
-    "uniform_longer": (50, 20, None, 0.0),
-    "zone_1": (13, 20, [4], 0.0),
-    "zone_3_cycled": (13, 20, [2, 9, 17], 0.0),
-    "zone_larger_than_epoch": (5, 20, list(range(0, 20, 2)), 0.0),
-    "replay_half": (13, 20, [4], 0.5),
-    "replay_small": (40, 30, [1, 2, 3, 29], 0.1),
-    "replay_exceeds_dataset": (50, 7, [0, 6], 0.5),
-    "single_example": (3, 1, [0], 0.3),
+ORDER_CASES = {
+    "permutation": ([1] * 10, None),
+    "repeats": ([0, 3, 1, 0, 2], None),
+    "anneal_tail": ([2, 1, 1, 0, 3], [1, 0, 1, 0, 1]),
+    "all_anneal": ([1, 2, 0], [1, 2, 0]),
+    "single": ([0, 0, 1], None),
 }
 
 
-@pytest.mark.parametrize("case", list(DRAW_CASES))
-def test_draw_epoch_matches_reference(case):
-    num_samples, dataset_size, zone, replay = DRAW_CASES[case]
-    zone_array = None if zone is None else np.array(zone)
-    for seed, epoch in [(0, 0), (0, 1), (42, 3)]:
-        draw = draw_epoch(num_samples, dataset_size, zone_array, replay, seed, epoch)
-        assert draw.dtype == np.int64 and draw.shape == (num_samples,)
-        assert ((draw >= 0) & (draw < dataset_size)).all()
-        assert draw.tolist() == reference_draw(num_samples, dataset_size, zone, replay, seed, epoch)
+@pytest.mark.parametrize("case", list(ORDER_CASES))
+def test_epoch_order_matches_reference(case):
+    counts, anneal = ORDER_CASES[case]
+    anneal = [0] * len(counts) if anneal is None else anneal
+    for seed, epoch in [(0, 1), (0, 2), (42, 3)]:
+        order = epoch_order(np.array(counts), np.array(anneal), seed, epoch)
+        assert order.dtype == np.int64 and order.shape == (sum(counts),)
+        assert order.tolist() == reference_order(counts, anneal, seed, epoch)
+        assert Counter(order.tolist()) == Counter({i: c for i, c in enumerate(counts) if c})
+        tail = sum(anneal)
+        if tail:  # the annealing draws come last
+            assert Counter(order[-tail:].tolist()) == Counter({i: a for i, a in enumerate(anneal) if a})
 
 
-@pytest.mark.parametrize("num_samples", [1, 20, 33, 60], ids=lambda n: f"n{n}")
-def test_uniform_epoch_uses_every_example_evenly(num_samples):
-    draw = draw_epoch(num_samples, 20, None, 0.0, seed=1, epoch=0)
-    assert_even_use(draw.tolist(), range(20), num_samples)
-    if num_samples == 20:
-        assert sorted(draw.tolist()) == list(range(20))  # a permutation
-
-
-@pytest.mark.parametrize(
-    ("num_samples", "zone"),
-    [(13, [4]), (13, [2, 9, 17]), (12, [2, 9, 17]), (5, list(range(0, 20, 2))), (31, [0, 19, 7, 5, 11])],
-    ids=["zone1", "zone3_uneven", "zone3_even", "zone_larger", "zone5_unsorted"],
-)
-def test_zone_is_cycled_evenly_without_replay(num_samples, zone):
-    draw = draw_epoch(num_samples, 20, np.array(zone), 0.0, seed=3, epoch=2)
-    assert len(draw) == num_samples
-    assert_even_use(draw.tolist(), zone, num_samples)
-
-
-@pytest.mark.parametrize(
-    ("dataset_size", "num_samples", "replay", "zone"),
-    [(10, 40, 0.5, [3]), (8, 32, 0.25, [1, 5, 6]), (5, 20, 0.5, [0, 4]), (6, 12, 0.5, [0, 1, 2, 3, 4, 5])],
-    ids=["zone1_two_passes", "zone3_one_pass", "zone2_two_passes", "zone_is_everything"],
-)
-def test_replay_share_is_exact(dataset_size, num_samples, replay, zone):
-    """When the replay share is whole passes over the set and the zone share whole passes over the zone, each
-    example's count is known exactly: replay passes, plus zone passes for zone members."""
-    num_replay = round(replay * num_samples)
-    assert num_replay % dataset_size == 0 and (num_samples - num_replay) % len(zone) == 0
-    counts = Counter(draw_epoch(num_samples, dataset_size, np.array(zone), replay, seed=7, epoch=1).tolist())
-    for index in range(dataset_size):
-        expected = num_replay // dataset_size + ((num_samples - num_replay) // len(zone) if index in zone else 0)
-        assert counts[index] == expected, (index, counts)
-
-
-def test_replay_share_rounds_half_to_even():
-    """round(0.5 * 5) = 2 (Python rounds half to even): a zone of one example gets 3 of 5 draws, plus any replay
-    draw that happens to hit it."""
-    for epoch in range(20):
-        draw = draw_epoch(5, 100, np.array([50]), 0.5, seed=0, epoch=epoch).tolist()
-        assert draw == reference_draw(5, 100, [50], 0.5, 0, epoch)
-        assert 3 <= draw.count(50) <= 5
-        assert len([i for i in draw if i != 50]) <= 2
-
-
-def test_draw_is_deterministic_and_differs_across_epochs_seeds_and_zones():
-    zone = np.arange(10, 60)
-    first = draw_epoch(100, 100, zone, 0.2, seed=5, epoch=3)
-    np.testing.assert_array_equal(first, draw_epoch(100, 100, zone.copy(), 0.2, seed=5, epoch=3))
-    assert not np.array_equal(first, draw_epoch(100, 100, zone, 0.2, seed=5, epoch=4))
-    assert not np.array_equal(first, draw_epoch(100, 100, zone, 0.2, seed=6, epoch=3))
-    assert not np.array_equal(first, draw_epoch(100, 100, np.arange(11, 61), 0.2, seed=5, epoch=3))
-    # Epoch 0 is a different permutation for a different seed, and the same one for the same seed.
-    np.testing.assert_array_equal(draw_epoch(100, 100, None, 0.0, 1, 0), draw_epoch(100, 100, None, 0.0, 1, 0))
-    assert not np.array_equal(draw_epoch(100, 100, None, 0.0, 1, 0), draw_epoch(100, 100, None, 0.0, 2, 0))
-
-
-def test_empty_zone_raises():
-    with pytest.raises(ValueError, match="empty zone"):
-        draw_epoch(10, 20, np.array([], dtype=np.int64), 0.0, seed=0, epoch=1)
-    with pytest.raises(ValueError, match="empty zone"):
-        draw_epoch(10, 20, np.array([], dtype=np.int64), 0.5, seed=0, epoch=1)
-
-
-def test_empty_zone_is_allowed_when_the_whole_epoch_is_replay():
-    # round(0.6 * 1) = 1: the one sample of the epoch is replay, so no zone member is needed.
-    draw = draw_epoch(1, 20, np.array([], dtype=np.int64), 0.6, seed=0, epoch=1)
-    assert draw.tolist() == reference_draw(1, 20, [], 0.6, 0, 1)
-
-
-def test_draw_from_empty_dataset_raises_value_error():
-    with pytest.raises(ValueError, match="empty"):
-        draw_epoch(1, 0, None, 0.0, seed=0, epoch=0)
+def test_epoch_order_refuses_inconsistent_counts():
+    with pytest.raises(ValueError, match="non-negative"):
+        epoch_order(np.array([1, -1]), np.array([0, 0]), 0, 1)
+    with pytest.raises(ValueError, match="part of them"):
+        epoch_order(np.array([1, 1]), np.array([2, 0]), 0, 1)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # ZPDSampler
 # ----------------------------------------------------------------------------------------------------------------------
 
-ZONES_BY_EPOCH = {0: None, 1: np.array([3]), 2: np.array([0, 5, 9, 11]), 3: np.arange(2, 40, 3), 4: np.arange(50)}
+
+def counts_for(epoch: int, dataset_size: int = 50, num_samples: int = 37) -> np.ndarray:
+    """A different, fixed draw for each epoch: epoch 1 every example at most once, later epochs with repeats."""
+    rng = np.random.default_rng(epoch)
+    if epoch == 1:
+        counts = np.zeros(dataset_size, dtype=np.int64)
+        counts[rng.choice(dataset_size, size=num_samples, replace=False)] = 1
+        return counts
+    picks = rng.choice(min(dataset_size, 10 * epoch), size=num_samples)
+    return np.bincount(picks, minlength=dataset_size).astype(np.int64)
 
 
-def make_sampler(dataset_size=50, num_samples=37, replay_fraction=0.0, seed=42, zones=None):
-    zones = ZONES_BY_EPOCH if zones is None else zones
-    return ZPDSampler(dataset_size, num_samples, lambda epoch: zones.get(epoch), replay_fraction, seed)
+def make_sampler(dataset_size=50, num_samples=37, seed=42):
+    return ZPDSampler(
+        dataset_size, num_samples, lambda epoch: plan(counts_for(epoch, dataset_size, num_samples)), seed
+    )
 
 
-@pytest.mark.parametrize("replay", [0.0, 0.3], ids=["no_replay", "replay0.3"])
-def test_every_epoch_has_the_announced_length(replay):
-    sampler = make_sampler(replay_fraction=replay)
-    for epoch, zone in ZONES_BY_EPOCH.items():
-        sampler.set_epoch(epoch)
+def test_every_epoch_has_the_announced_length():
+    sampler = make_sampler()
+    for index in range(4):
+        sampler.set_epoch(index)  # the Trainer's 0-based loop index
         draw = list(sampler)
         assert len(sampler) == len(draw) == 37
-        assert all(0 <= i < 50 for i in draw)
-        if zone is not None and replay == 0.0:
-            assert_even_use(draw, zone.tolist(), 37)
-        assert draw == sampler.epoch_indices().tolist() == sampler.epoch_indices(epoch).tolist()
-        assert draw == reference_draw(37, 50, None if zone is None else zone.tolist(), replay, 42, epoch)
+        assert draw == sampler.epoch_indices().tolist() == sampler.epoch_indices(index + 1).tolist()
+        counts = counts_for(index + 1)
+        assert draw == reference_order(counts, np.zeros_like(counts), 42, index + 1)
 
 
-def test_sampler_epoch_zero_is_a_permutation():
-    sampler = make_sampler(num_samples=50)
-    assert sorted(sampler) == list(range(50))
+def test_a_plan_of_another_length_is_refused():
+    sampler = ZPDSampler(10, 10, lambda epoch: plan([2] * 10), seed=0)
+    with pytest.raises(RuntimeError, match="every epoch has 10"):
+        list(sampler)
 
 
-def test_sampler_is_a_pure_function_of_seed_epoch_and_zone():
+def test_sampler_is_a_pure_function_of_seed_epoch_and_counts():
     a, b = make_sampler(seed=9), make_sampler(seed=9)
     b.set_epoch(3)
     b.set_epoch(2)  # the path to an epoch does not matter, as on resume
@@ -284,9 +215,9 @@ def assert_sharded_like_accelerate(sampler, batch_size: int, world_size: int):
 @pytest.mark.parametrize("batch_size", [1, 3, 4], ids=lambda b: f"bs{b}")
 @pytest.mark.parametrize("world_size", range(1, 9), ids=lambda w: f"world{w}")
 def test_sharding_over_processes(world_size, batch_size):
-    sampler = make_sampler(replay_fraction=0.2)
-    for epoch in (0, 2, 3):
-        sampler.set_epoch(epoch)
+    sampler = make_sampler()
+    for index in (0, 2, 3):
+        sampler.set_epoch(index)
         assert_sharded_like_accelerate(sampler, batch_size, world_size)
 
 
@@ -314,44 +245,42 @@ def test_prepare_data_loader_keeps_the_sampler(world_size):
 @st.composite
 def sharding_problems(draw):
     dataset_size = draw(st.integers(min_value=1, max_value=60))
-    fraction = draw(st.sampled_from([0.1, 0.33, 0.5, 1.0]))
+    fraction = draw(st.sampled_from([0.1, 0.33, 0.5, 1.0, 1.7]))
     num_samples = samples_per_epoch(dataset_size, fraction)
-    zone = draw(st.one_of(st.none(), st.sets(st.integers(0, dataset_size - 1), min_size=1)))
-    replay = draw(st.sampled_from([0.0, 0.0, 0.1, 0.5, 0.9]))
+    picks = draw(st.lists(st.integers(0, dataset_size - 1), min_size=num_samples, max_size=num_samples))
+    num_anneal = draw(st.integers(0, num_samples))
     world_size = draw(st.integers(min_value=1, max_value=8))
     batch_size = draw(st.integers(min_value=1, max_value=5))
     seed = draw(st.integers(min_value=0, max_value=2**32 - 1))
-    epoch = draw(st.integers(min_value=0, max_value=5))
-    zone = None if zone is None else sorted(zone)
-    return dataset_size, num_samples, zone, replay, world_size, batch_size, seed, epoch
+    epoch = draw(st.integers(min_value=1, max_value=6))
+    counts = np.bincount(picks, minlength=dataset_size).astype(np.int64)
+    anneal = np.bincount(picks[:num_anneal], minlength=dataset_size).astype(np.int64)
+    return dataset_size, num_samples, counts, anneal, world_size, batch_size, seed, epoch
 
 
 @settings(max_examples=200, deadline=None)
 @given(sharding_problems())
 def test_sampler_properties(problem):
-    dataset_size, num_samples, zone, replay, world_size, batch_size, seed, epoch = problem
-    zone_array = None if zone is None else np.array(zone)
-    sampler = ZPDSampler(dataset_size, num_samples, lambda e: zone_array, replay, seed)
-    sampler.set_epoch(epoch)
+    dataset_size, num_samples, counts, anneal, world_size, batch_size, seed, epoch = problem
+    sampler = ZPDSampler(dataset_size, num_samples, lambda e: plan(counts, anneal), seed)
+    sampler.set_epoch(epoch - 1)
     draw = list(sampler)
     assert len(draw) == len(sampler) == num_samples
     assert all(0 <= i < dataset_size for i in draw)
-    assert draw == reference_draw(num_samples, dataset_size, zone, replay, seed, epoch)
-    if zone is None:
-        assert_even_use(draw, range(dataset_size), num_samples)
-    elif replay == 0.0:
-        assert_even_use(draw, zone, num_samples)
+    assert draw == reference_order(counts, anneal, seed, epoch)
     assert_sharded_like_accelerate(sampler, batch_size, world_size)
 
 
 def test_sharded_draws_hold_the_zone():
-    """A concrete instance: 4 processes, batches of 3, a zone of 5 and no replay. 50 draws make 17 batches, padded
-    to 20 (5 steps of 4 processes), and every rank trains only on zone members."""
+    """A concrete instance: 4 processes, batches of 3, and an epoch that draws 5 examples 10 times each. 50 draws make
+    17 batches, padded to 20 (5 steps of 4 processes), and every rank trains only on those examples."""
     zone = np.array([7, 13, 21, 22, 40])
-    sampler = ZPDSampler(50, 50, lambda epoch: zone, seed=1)
+    counts = np.zeros(50, dtype=np.int64)
+    counts[zone] = 10
+    sampler = ZPDSampler(50, 50, lambda epoch: plan(counts), seed=1)
     shards = shard_batches(sampler, 3, 4, even_batches=True)
     assert [len(batches) for batches in shards] == [5, 5, 5, 5]
     for batches in shards:
         assert {i for batch in batches for i in batch} <= set(zone.tolist())
-    counts = Counter(interleave(shards)[:50])
-    assert sorted(counts.values()) == [10, 10, 10, 10, 10]
+    counts_seen = Counter(interleave(shards)[:50])
+    assert sorted(counts_seen.values()) == [10, 10, 10, 10, 10]

@@ -27,10 +27,9 @@ from transformers import (
 )
 
 from hf_zpd import ZPDConfig, ZPDTrainer
-from hf_zpd.band import log_difficulty, minimum_zone_size, select_zone
-from hf_zpd.curriculum import STATE_NAME, CurriculumState
 from hf_zpd.record import RECORD_NAME
 from hf_zpd.scoring import run_scoring_pass
+from hf_zpd.state import STATE_NAME
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -74,7 +73,13 @@ def gpt2_trainer(tokenizer, args, num_examples=48, trainer_class=ZPDTrainer, pro
 
 
 def zpd_logs(trainer) -> list[dict]:
-    return [entry for entry in trainer.state.log_history if "zpd/epoch" in entry]
+    """The entries logged when an epoch was drawn around a zone (not the uniform first epoch)."""
+    return [e for e in trainer.state.log_history if "zpd/epoch" in e and not e.get("zpd/uniform")]
+
+
+def plan_logs(trainer) -> list[dict]:
+    """Every epoch's planning entry, uniform epochs included."""
+    return [e for e in trainer.state.log_history if "zpd/epoch" in e]
 
 
 # ---- schedule ----
@@ -115,35 +120,52 @@ def test_epoch_fraction_fixes_every_epoch_length(tokenizer, tmp_path, epoch_frac
     output = trainer.train()
     samples = math.ceil(48 * epoch_fraction)
     assert output.global_step == 3 * math.ceil(samples / 8)
-    for epoch in range(3):
+    assert sorted(trainer.curriculum.epochs) == [1, 2, 3]
+    for epoch in (1, 2, 3):
         draw = trainer._zpd_sampler.epoch_indices(epoch)
-        assert draw.shape == (samples,)
+        assert draw.shape == (samples,) and trainer.curriculum.epochs[epoch].counts.sum() == samples
         assert draw.min() >= 0 and draw.max() < 48
 
 
 # ---- selection ----
 
 
+def reference_zone(loss: np.ndarray, vocab_size: int, min_size: int, lower=1.1, upper=1.3) -> tuple[list[int], float]:
+    """METHOD.md's loss-only rule (A1) written out: d_i = PPL_i = exp(l_i) with l_i capped at log V, the level
+    D = exp(mean_i log d_i) over the scored examples, the zone lower * D <= d_i <= upper * D, widened to the `min_size`
+    examples nearest to it in log-difficulty (ties to the lower index)."""
+    log_v = math.log(vocab_size)
+    scored = [i for i in range(loss.size) if math.isfinite(loss[i])]
+    log_d = {i: min(float(loss[i]), log_v) for i in scored}
+    log_level = sum(log_d.values()) / len(log_d)
+    low, high = log_level + math.log(lower), log_level + math.log(upper)
+    zone = [i for i in scored if low <= log_d[i] <= high]
+    if len(zone) < min_size:
+        distance = {i: max(low - log_d[i], log_d[i] - high, 0.0) for i in scored}
+        zone = sorted(sorted(scored, key=lambda i: (distance[i], i))[:min_size])
+    return zone, math.exp(log_level)
+
+
 def test_zones_follow_the_method_rule(tokenizer, tmp_path):
-    """Each epoch's zone is the band rule applied to that boundary's scores (checked independently here)."""
-    trainer = gpt2_trainer(tokenizer, config(tmp_path, difficulty_mode="loss", min_zone_fraction=0.1))
+    """Each epoch's zone is METHOD.md's band rule on the scores behind it, re-derived here from the formulas."""
+    args = config(
+        tmp_path, difficulty_mode="loss", min_zone_fraction=0.1, learnability_guard=False, anneal_fraction=0.0
+    )
+    trainer = gpt2_trainer(tokenizer, args)
     trainer.train()
-    state = trainer.curriculum
-    assert sorted(state.zones) == [1, 2]
-    # Re-derive the last zone from the saved scores with the pure band function.
-    table = state.latest_scores
-    log_d = log_difficulty(table.competence((1.0, 0.0, 0.0)), table.vocab_size)
-    expected = select_zone(log_d, 1.1, 1.3, minimum_zone_size(48, 0.1, 8))
-    np.testing.assert_array_equal(state.zones[2], expected.indices)
-    # In loss-only mode the level is the pool's perplexity, with each loss capped at log V (METHOD.md: d_i = PPL_i
-    # where l_i <= log V, so A1 is the seed's rule verbatim).
-    logged = zpd_logs(trainer)[-1]
-    capped = np.minimum(table.loss, math.log(table.vocab_size))
-    assert logged["zpd/level"] == pytest.approx(math.exp(np.mean(capped)), rel=1e-9)
-    assert logged["zpd/ppl"] == pytest.approx(math.exp(np.mean(table.loss)), rel=1e-9)
-    assert logged["zpd/num_selected"] == len(state.zones[2])
-    # The epoch really trained on the zone: every draw of epoch 2 is in zone 2 (no replay).
-    assert set(trainer._zpd_sampler.epoch_indices(2).tolist()) <= set(state.zones[2].tolist())
+    record = trainer.curriculum
+    assert sorted(record.zones) == [2, 3]
+    for entry, epoch in zip(zpd_logs(trainer), (2, 3), strict=True):
+        table = record.scores_for(epoch)
+        assert record.epochs[epoch].scored_at == epoch - 1  # the pass at the end of the epoch before
+        expected, level = reference_zone(table.loss, table.vocab_size, min_size=max(math.ceil(0.1 * 48), 8))
+        assert record.zones[epoch].tolist() == expected
+        assert entry["zpd/level"] == pytest.approx(level, rel=1e-9)
+        assert entry["zpd/ppl"] == pytest.approx(math.exp(np.mean(table.loss)), rel=1e-9)
+        assert entry["zpd/num_selected"] == len(expected)
+        # The epoch really drew around the zone: every zone example twice (k = 2), and 48 draws in all.
+        counts = np.bincount(trainer._zpd_sampler.epoch_indices(epoch), minlength=48)
+        assert counts.sum() == 48 and (counts[expected] == 2).all()
 
 
 def test_scoring_pass_matches_one_example_at_a_time(tokenizer, tmp_path):
@@ -151,7 +173,7 @@ def test_scoring_pass_matches_one_example_at_a_time(tokenizer, tmp_path):
     trainer = gpt2_trainer(tokenizer, config(tmp_path, num_train_epochs=1), num_examples=21)
     trainer.train()
     model = trainer.model
-    table, _ = trainer._score_pool(epoch=1)
+    table, _ = trainer._score_pool(1)
     loader = trainer._zpd_loader
     model.eval()
     for index in range(21):
@@ -170,7 +192,7 @@ def test_scoring_pass_restores_mode_and_rng(tokenizer, tmp_path):
     trainer.train()
     trainer.model.train()
     before = torch.random.get_rng_state(), np.random.get_state()[1].copy()
-    trainer._score_pool(epoch=1)
+    trainer._score_pool(1)
     assert trainer.model.training
     assert torch.equal(torch.random.get_rng_state(), before[0])
     np.testing.assert_array_equal(np.random.get_state()[1], before[1])
@@ -192,29 +214,46 @@ def test_scoring_runs_under_the_mixed_precision_setting_before_and_during_traini
 
 
 def test_scoring_pool_size_and_rescore_cadence(tokenizer, tmp_path):
-    trainer = gpt2_trainer(
-        tokenizer, config(tmp_path, num_train_epochs=4, scoring_pool_size=20, rescore_every=2, replay_fraction=0.25)
-    )
+    args = config(tmp_path, num_train_epochs=4, scoring_pool_size=20, rescore_every=2, replay_fraction=0.25)
+    trainer = gpt2_trainer(tokenizer, args)
     trainer.train()
     logs = zpd_logs(trainer)
-    assert [log["zpd/epoch"] for log in logs] == [1, 2, 3]
+    assert [log["zpd/epoch"] for log in logs] == [2, 3, 4]
     assert [log["zpd/rescored"] for log in logs] == [1, 0, 1]
     assert all(log["zpd/num_scored"] == 20 for log in logs)
-    # Epoch 2 reuses the scores of boundary 1: the same zone, but a different draw.
-    np.testing.assert_array_equal(trainer.curriculum.zones[1], trainer.curriculum.zones[2])
+    # Epoch 3 reuses the scores of the pass after epoch 1: the same zone, but a different draw.
+    record = trainer.curriculum
+    assert [record.epochs[e].scored_at for e in (2, 3, 4)] == [1, 1, 3]
+    np.testing.assert_array_equal(record.zones[2], record.zones[3])
     sampler = trainer._zpd_sampler
-    assert not np.array_equal(sampler.epoch_indices(1), sampler.epoch_indices(2))
+    assert not np.array_equal(sampler.epoch_indices(2), sampler.epoch_indices(3))
     # The zone lies inside the scored pool.
-    scored = np.flatnonzero(~np.isnan(trainer.curriculum.latest_scores.num_tokens))
-    assert scored.size == 20 and set(trainer.curriculum.zones[3]) <= set(scored)
+    scored = np.flatnonzero(~np.isnan(record.latest_scores.num_tokens))
+    assert scored.size == 20 and set(record.zones[4]) <= set(scored)
 
 
-def test_score_before_training_trains_epoch_zero_in_the_zone(tokenizer, tmp_path):
+def test_score_before_training_draws_the_first_epoch_around_the_zone(tokenizer, tmp_path):
     trainer = gpt2_trainer(tokenizer, config(tmp_path, num_train_epochs=2, score_before_training=True))
     trainer.train()
-    assert sorted(trainer.curriculum.zones) == [0, 1]
-    assert set(trainer._zpd_sampler.epoch_indices(0).tolist()) <= set(trainer.curriculum.zones[0].tolist())
-    assert zpd_logs(trainer)[0]["zpd/epoch"] == 0
+    record = trainer.curriculum
+    assert sorted(record.zones) == [1, 2] and record.epochs[1].scored_at == 0
+    counts = np.bincount(trainer._zpd_sampler.epoch_indices(1), minlength=48)
+    assert (counts[record.zones[1]] >= 1).all()
+    assert zpd_logs(trainer)[0]["zpd/epoch"] == 1
+
+
+def test_the_first_epoch_is_uniform_and_the_guard_gets_a_baseline_pass(tokenizer, tmp_path):
+    trainer = gpt2_trainer(tokenizer, config(tmp_path, num_train_epochs=3))
+    trainer.train()
+    record = trainer.curriculum
+    first = record.epochs[1]
+    assert first.zone is None and first.scored_at == 0 and 0 in record.history.tables
+    assert (first.counts == 1).all()  # an epoch as large as the set draws every example once
+    entry = plan_logs(trainer)[0]
+    assert entry["zpd/epoch"] == 1 and entry["zpd/uniform"] == 1 and entry["zpd/scoring_seconds"] > 0
+    without_guard = gpt2_trainer(tokenizer, config(tmp_path, "no_guard", learnability_guard=False))
+    without_guard.train()
+    assert without_guard.curriculum.epochs[1].scored_at is None and 0 not in without_guard.curriculum.history.tables
 
 
 # ---- model families and collators ----
@@ -233,6 +272,7 @@ def test_classifier_with_padding_collator(tokenizer, tmp_path, remove_unused_col
     logs = zpd_logs(trainer)
     assert len(logs) == 2
     assert trainer.curriculum.latest_scores.vocab_size == 3  # V is the number of classes
+    assert trainer._zpd_labels is not None  # classification: class-balanced epochs
     assert np.isfinite(trainer.curriculum.latest_scores.loss).all()
     assert (trainer.curriculum.latest_scores.num_tokens == 1).all()
 
@@ -271,7 +311,7 @@ def test_plain_training_arguments_get_zpd_defaults(tokenizer, tmp_path):
     assert isinstance(trainer.args, ZPDConfig)
     assert (trainer.args.band_lower, trainer.args.band_upper, trainer.args.seed) == (1.1, 1.3, 3)
     trainer.train()
-    assert sorted(trainer.curriculum.zones) == [1]
+    assert sorted(trainer.curriculum.zones) == [2]
 
 
 # ---- logging ----
@@ -293,26 +333,23 @@ def test_every_logged_metric_is_documented_and_every_documented_one_is_logged(to
             assert math.isfinite(entry["zpd/running_ppl"]) and entry["zpd/running_ppl"] > 1
 
 
-def test_running_ppl_is_the_moving_average_of_token_losses(tokenizer, tmp_path):
-    """Built from (CE sum, token count) per optimizer step, not from the Trainer's logged loss."""
-    trainer = gpt2_trainer(tokenizer, config(tmp_path, num_train_epochs=1, logging_steps=1, running_ppl_decay=0.5))
-    step_means = []
-    original = trainer._end_optimizer_step
-
-    def spy():
-        totals = trainer._step_totals.tolist()
-        step_means.append(totals[0] / totals[1])
-        original()
-
-    trainer._end_optimizer_step = spy
-    trainer.callback_handler.callbacks[-1].trainer = trainer
+def test_running_ppl_is_the_moving_average_of_the_logged_losses(tokenizer, tmp_path):
+    """exp of the moving average, computed here by hand from the Trainer's own logged `loss` of every step. A
+    classifier has one supervised position per example, so its step loss is the token mean the running PPL averages."""
+    trainer = ZPDTrainer(
+        model=tiny_bert_classifier(len(tokenizer)),
+        args=config(tmp_path, num_train_epochs=1, logging_steps=1, running_ppl_decay=0.5),
+        train_dataset=classification_dataset(tokenizer, 40),
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
     trainer.train()
-    expected = step_means[0]
-    for mean in step_means[1:]:
-        expected = 0.5 * expected + 0.5 * mean
-    assert trainer.curriculum.running_loss == pytest.approx(expected, rel=1e-12)
-    last = [e for e in trainer.state.log_history if "loss" in e][-1]
-    assert last["zpd/running_ppl"] == pytest.approx(math.exp(expected), rel=1e-12)
+    steps = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(steps) == 5
+    average = None
+    for entry in steps:
+        average = entry["loss"] if average is None else 0.5 * average + 0.5 * entry["loss"]
+        # The Trainer rounds its logged loss to 4 decimals; the running PPL is computed from exact sums.
+        assert entry["zpd/running_ppl"] == pytest.approx(math.exp(average), rel=5e-4)
 
 
 # ---- the training-pass score source ----
@@ -323,16 +360,16 @@ class CountingScoringPasses(ZPDTrainer):
 
     scoring_passes = 0
 
-    def _score_pool(self, epoch):
+    def _score_pool(self, boundary):
         self.scoring_passes += 1
-        return super()._score_pool(epoch)
+        return super()._score_pool(boundary)
 
 
 @pytest.mark.slow
 def test_training_pass_source_reuses_the_training_statistics(tokenizer, tmp_path):
     """With no dropout and a learning rate of 0 the model never changes and train mode computes what eval mode does,
     so the training passes' statistics must equal a scoring pass's, and the zones must be the same; and no scoring
-    pass may run."""
+    pass may run but the guard's baseline before training (there is nothing to reuse then)."""
     runs = {}
     for source in ("scoring_pass", "training_pass"):
         trainer = CountingScoringPasses(
@@ -344,8 +381,8 @@ def test_training_pass_source_reuses_the_training_statistics(tokenizer, tmp_path
         trainer.train()
         runs[source] = trainer
     scoring, training = runs["scoring_pass"], runs["training_pass"]
-    assert scoring.scoring_passes == 2 and training.scoring_passes == 0
-    # Epoch 0 drew every example once, so every example has training-pass statistics.
+    assert scoring.scoring_passes == 3 and training.scoring_passes == 1
+    # Epoch 1 drew every example once, so every example has training-pass statistics.
     for column in ("loss", "confidence", "entropy", "num_tokens"):
         np.testing.assert_allclose(
             getattr(training.curriculum.latest_scores, column),
@@ -353,24 +390,24 @@ def test_training_pass_source_reuses_the_training_statistics(tokenizer, tmp_path
             rtol=1e-5,
             err_msg=column,
         )
-    assert scoring.curriculum.zones.keys() == training.curriculum.zones.keys() == {1, 2}
-    for epoch, zone in scoring.curriculum.zones.items():
-        np.testing.assert_array_equal(training.curriculum.zones[epoch], zone)
+    assert scoring.curriculum.zones.keys() == training.curriculum.zones.keys() == {2, 3}
+    for epoch, draw in scoring.curriculum.epochs.items():
+        np.testing.assert_array_equal(training.curriculum.epochs[epoch].counts, draw.counts)
     assert all(entry["zpd/rescored"] == 1.0 for entry in zpd_logs(training))
 
 
 @pytest.mark.slow
 def test_training_pass_source_keeps_the_latest_statistics_of_each_example(tokenizer, tmp_path):
-    """Epoch 1 trains on the zone only: its examples get statistics from epoch 1, the others keep epoch 0's."""
+    """Epoch 2 skips some examples: those it drew get statistics from epoch 2, the others keep epoch 1's."""
     trainer = gpt2_trainer(tokenizer, config(tmp_path, score_source="training_pass", num_train_epochs=3))
     trainer.train()
-    history = trainer.curriculum_record().history
-    after_epoch_0, after_epoch_1 = history.table_for(1), history.table_for(2)
-    trained_in_epoch_1 = np.unique(trainer._zpd_sampler.epoch_indices(1))
-    others = np.setdiff1d(np.arange(48), trained_in_epoch_1)
+    record = trainer.curriculum
+    after_epoch_1, after_epoch_2 = record.scores_for(2), record.scores_for(3)
+    trained_in_epoch_2 = np.unique(trainer._zpd_sampler.epoch_indices(2))
+    others = np.setdiff1d(np.arange(48), trained_in_epoch_2)
     assert others.size > 0
-    np.testing.assert_array_equal(after_epoch_1.loss[others], after_epoch_0.loss[others])
-    assert not np.allclose(after_epoch_1.loss[trained_in_epoch_1], after_epoch_0.loss[trained_in_epoch_1])
+    np.testing.assert_array_equal(after_epoch_2.loss[others], after_epoch_1.loss[others])
+    assert not np.allclose(after_epoch_2.loss[trained_in_epoch_2], after_epoch_1.loss[trained_in_epoch_2])
 
 
 def test_score_source_is_validated(tmp_path):
@@ -391,6 +428,8 @@ RESUME_SETTINGS = {
         save_steps=2,
     ),
     "pool-cadence": dict(scoring_pool_size=30, rescore_every=2, num_train_epochs=4),
+    "weighted-fill-composite": dict(fill="weighted", difficulty_mode="composite", anneal_fraction=0.4),
+    "seed-rule": dict(composition="zone_only"),
     # The training passes' statistics since the last zone are part of the checkpoint.
     "training-pass-source": dict(score_source="training_pass", num_train_epochs=4),
 }
@@ -403,16 +442,18 @@ def test_resume_from_any_checkpoint_is_bitwise_identical(tokenizer, tmp_path, se
     overrides = dict(save_strategy="steps", save_steps=3) | RESUME_SETTINGS[setting]
     full = gpt2_trainer(tokenizer, config(tmp_path, "full", **overrides))
     full.train()
-    expected_weights, expected_zones = final_weights(full.model), full.curriculum.zones
+    expected_weights, expected_epochs = final_weights(full.model), full.curriculum.epochs
     checkpoints = sorted((tmp_path / "full").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     assert len(checkpoints) >= 4
     for checkpoint in checkpoints[:-1]:
-        assert (checkpoint / STATE_NAME).is_file()
+        assert (checkpoint / STATE_NAME).is_file() and (checkpoint / RECORD_NAME).is_file()
         resumed = gpt2_trainer(tokenizer, config(tmp_path, f"resumed-{checkpoint.name}", **overrides))
         resumed.train(resume_from_checkpoint=str(checkpoint))
-        assert resumed.curriculum.zones.keys() == expected_zones.keys(), checkpoint.name
-        for epoch, zone in expected_zones.items():
-            np.testing.assert_array_equal(resumed.curriculum.zones[epoch], zone, err_msg=f"{checkpoint.name} {epoch}")
+        assert resumed.curriculum.epochs.keys() == expected_epochs.keys(), checkpoint.name
+        for epoch, draw in expected_epochs.items():
+            got = resumed.curriculum.epochs[epoch]
+            np.testing.assert_array_equal(got.counts, draw.counts, err_msg=f"{checkpoint.name} {epoch}")
+            np.testing.assert_array_equal(got.out_of_reach, draw.out_of_reach, err_msg=f"{checkpoint.name} {epoch}")
         assert_bitwise_equal(final_weights(resumed.model), expected_weights)
 
 
@@ -425,13 +466,13 @@ def test_same_seed_same_run(tokenizer, tmp_path):
     assert_bitwise_equal(final_weights(first.model), final_weights(second.model))
     other_seed = gpt2_trainer(tokenizer, config(tmp_path, "third", seed=8))
     other_seed.train()
-    assert not np.array_equal(other_seed._zpd_sampler.epoch_indices(1), first._zpd_sampler.epoch_indices(1))
+    assert not np.array_equal(other_seed._zpd_sampler.epoch_indices(2), first._zpd_sampler.epoch_indices(2))
 
 
 def test_resume_from_plain_trainer_checkpoint_rescores(tokenizer, tmp_path, caplog):
     plain_args = plain_config(tmp_path, save_strategy="steps", save_steps=9)
     gpt2_trainer(tokenizer, plain_args, trainer_class=Trainer).train()
-    checkpoint = tmp_path / "plain" / "checkpoint-9"  # mid-epoch 1
+    checkpoint = tmp_path / "plain" / "checkpoint-9"  # in the middle of the second epoch
     assert not (checkpoint / STATE_NAME).exists()
     trainer = gpt2_trainer(tokenizer, config(tmp_path, "zpd"))
     from transformers.utils import logging as hf_logging
@@ -439,7 +480,7 @@ def test_resume_from_plain_trainer_checkpoint_rescores(tokenizer, tmp_path, capl
     hf_logging.get_logger("hf_zpd.trainer").addHandler(caplog.handler)
     trainer.train(resume_from_checkpoint=str(checkpoint))
     assert "has no curriculum state" in caplog.text
-    assert sorted(trainer.curriculum.zones) == [1, 2]
+    assert sorted(trainer.curriculum.zones) == [2, 3]
     assert trainer.state.global_step == 18
 
 
@@ -449,24 +490,6 @@ def test_resume_refuses_state_of_another_dataset_size(tokenizer, tmp_path):
     other = gpt2_trainer(tokenizer, config(tmp_path, "other"), num_examples=40)
     with pytest.raises(ValueError, match="written for a training set of 48 examples, but the training set now has 40"):
         other.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-6"))
-
-
-def test_state_file_is_written_atomically_and_round_trips(tmp_path):
-    state = CurriculumState(dataset_size=5, zones={1: np.array([0, 3])}, running_loss=1.5)
-    state.epoch_metrics[1] = {"zpd/ppl": 3.0}
-    path = state.save(str(tmp_path))
-    assert os.listdir(tmp_path) == [STATE_NAME], "no temporary file may be left behind"
-    # The same permissions as a file the Trainer writes with open() (mkstemp alone would give 0600).
-    reference = tmp_path / "reference"
-    reference.write_bytes(b"")
-    assert os.stat(path).st_mode & 0o777 == os.stat(reference).st_mode & 0o777
-    reference.unlink()
-    loaded = CurriculumState.load(str(tmp_path), 5)
-    np.testing.assert_array_equal(loaded.zones[1], [0, 3])
-    assert loaded.running_loss == 1.5 and loaded.epoch_metrics == {1: {"zpd/ppl": 3.0}}
-    Path(path).write_bytes(Path(path).read_bytes()[:20])
-    with pytest.raises(ValueError, match=re.escape(path) + " is unreadable"):
-        CurriculumState.load(str(tmp_path), 5)
 
 
 # ---- bad input ----
@@ -694,7 +717,7 @@ def test_dataset_of_one_example(tokenizer, tmp_path):
     trainer = gpt2_trainer(tokenizer, config(tmp_path), num_examples=1)
     output = trainer.train()
     assert output.global_step == 3
-    assert {epoch: zone.tolist() for epoch, zone in trainer.curriculum.zones.items()} == {1: [0], 2: [0]}
+    assert {epoch: zone.tolist() for epoch, zone in trainer.curriculum.zones.items()} == {2: [0], 3: [0]}
     assert all(log["zpd/num_selected"] == 1 for log in zpd_logs(trainer))
 
 
@@ -702,5 +725,5 @@ def test_no_metric_is_logged_as_nan_before_training(tokenizer, tmp_path):
     trainer = gpt2_trainer(tokenizer, config(tmp_path, num_train_epochs=1, score_before_training=True))
     trainer.train()
     first = zpd_logs(trainer)[0]
-    assert first["zpd/epoch"] == 0 and "zpd/running_ppl" not in first
+    assert first["zpd/epoch"] == 1 and "zpd/running_ppl" not in first
     assert all(math.isfinite(value) for key, value in first.items())

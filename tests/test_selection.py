@@ -1,0 +1,338 @@
+"""The epoch composition (`hf_zpd.selection`) against a naive reference written from METHOD.md's rules."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hf_zpd.selection import (
+    CompositionPolicy,
+    allocate_by_share,
+    anneal_samples,
+    compose_epoch,
+    fill_order,
+    guard_flags,
+    update_out_of_reach,
+    uniform_plan,
+)
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The naive reference: loops over examples, following METHOD.md ("How the zone becomes an epoch")
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def reference_shares(total: int, sizes: list[int]) -> list[int]:
+    """Largest remainder, ties to the earlier group."""
+    exact = [total * s / sum(sizes) for s in sizes]
+    shares = [math.floor(x) for x in exact]
+    order = sorted(range(len(sizes)), key=lambda g: (-(exact[g] - shares[g]), g))
+    for g in order[: total - sum(shares)]:
+        shares[g] += 1
+    return shares
+
+
+def reference_groups(log_d, drawable, labels, balance):
+    members = [i for i in range(len(log_d)) if drawable[i]]
+    if not balance or labels is None:
+        return [(None, members)]
+    classes = sorted({int(labels[i]) for i in members})
+    return [(c, [i for i in members if labels[i] == c]) for c in classes]
+
+
+def reference_plan(policy, num_samples, log_d, drawable, labels=None, flags=None):
+    """The zone of each group, each group's sample share, and the fill counts of the nearest-first rule.
+
+    Returns {group label: (zone, share, fill_counts, min_size)}; zone draws are checked by their floor/ceil property,
+    since which zone examples get the extra draw is a seeded random choice.
+    """
+    size = len(log_d)
+    flags = [False] * size if flags is None else list(flags)
+    groups = reference_groups(log_d, drawable, labels, policy.class_balance)
+    shares = reference_shares(num_samples, [len(m) for _, m in groups])
+    batch = reference_shares(policy.global_batch_size, [len(m) for _, m in groups])
+    result = {}
+    for (label, members), share, batch_share in zip(groups, shares, batch, strict=True):
+        level = float(np.mean([log_d[i] for i in members]))
+        lower, upper = level + math.log(policy.band_lower), level + math.log(policy.band_upper)
+
+        def distance(i, lower=lower, upper=upper):
+            return max(lower - log_d[i], log_d[i] - upper, 0.0)
+
+        selectable = [i for i in members if not flags[i]]
+        in_band = [i for i in selectable if lower <= log_d[i] <= upper]
+        min_size = max(math.ceil(round(policy.min_zone_fraction * len(members), 9)), max(batch_share, 1), 1)
+        target = min(max(min_size, len(in_band)), len(selectable))
+        if len(in_band) >= target:
+            zone = in_band
+        else:
+            zone = sorted(sorted(selectable, key=lambda i: (distance(i), i))[:target])
+        fill = {}
+        if policy.composition == "zone_and_fill":
+            candidates = [i for i in members if i not in zone]
+            num_zone = share if not candidates else min(policy.zone_repeats * len(zone), share)
+            remaining = share - num_zone
+            ranked = sorted(candidates, key=lambda i: (flags[i], distance(i), i))
+            while remaining > 0:
+                for i in ranked[:remaining]:
+                    fill[i] = fill.get(i, 0) + 1
+                remaining -= min(remaining, len(ranked))
+        result[label] = (zone, share, fill, min_size)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pools to test on
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def pool(kind: str, size: int, seed: int = 0):
+    """(log-difficulties, drawable mask, labels) of a few shapes the band meets in practice."""
+    rng = np.random.default_rng(seed)
+    if kind == "spread":
+        log_d = rng.uniform(0.0, 3.0, size)
+    elif kind == "flat":  # a near-untrained model: every example near the corpus value
+        log_d = 2.0 + 1e-3 * rng.standard_normal(size)
+    elif kind == "bimodal":  # the band can fall in the gap
+        log_d = np.where(rng.random(size) < 0.5, 0.2, 2.5) + 0.05 * rng.standard_normal(size)
+    elif kind == "ties":
+        log_d = np.round(rng.uniform(0.0, 2.0, size), 1)
+    else:
+        raise ValueError(kind)
+    drawable = rng.random(size) > 0.1
+    labels = rng.integers(0, 3, size)
+    return log_d, drawable, labels
+
+
+KINDS = ["spread", "flat", "bimodal", "ties"]
+SIZES = [1, 7, 64, 301]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("balance", [False, True], ids=["pooled", "balanced"])
+@pytest.mark.parametrize("repeats", [1, 2, 3])
+@pytest.mark.parametrize("fraction", [1.0, 0.6, 2.5])
+def test_compose_epoch_matches_the_reference(kind, size, balance, repeats, fraction):
+    log_d, drawable, labels = pool(kind, size)
+    if not drawable.any():
+        drawable[0] = True
+    num_samples = max(1, math.ceil(fraction * size))
+    policy = CompositionPolicy(zone_repeats=repeats, class_balance=balance, global_batch_size=8, min_zone_fraction=0.1)
+    plan = compose_epoch(policy, num_samples, log_d, drawable, seed=3, epoch=2, labels=labels)
+    expected = reference_plan(policy, num_samples, log_d, drawable, labels)
+
+    assert plan.counts.dtype == np.int64 and plan.counts.shape == (size,)
+    assert plan.counts.sum() == num_samples  # exactly N
+    assert (plan.counts[~drawable] == 0).all()  # nothing outside the drawable pool
+    zone = np.concatenate([np.asarray(z, dtype=np.int64) for z, _, _, _ in expected.values()])
+    np.testing.assert_array_equal(plan.zone, np.sort(zone))
+    for label, (group_zone, share, fill, _) in expected.items():
+        members = np.flatnonzero(drawable & (labels == label if label is not None else True))
+        assert plan.counts[members].sum() == share  # each class gets its share of the epoch
+        candidates = [i for i in members if i not in group_zone]
+        num_zone = share if not candidates else min(repeats * len(group_zone), share)
+        if group_zone:
+            low, high = num_zone // len(group_zone), math.ceil(num_zone / len(group_zone))
+            zone_counts = plan.counts[group_zone]
+            assert zone_counts.sum() == num_zone
+            assert ((zone_counts >= low) & (zone_counts <= high)).all()  # as evenly as the epoch allows
+            if num_zone <= repeats * len(group_zone):
+                assert zone_counts.max() <= repeats  # at most k each
+        for i in candidates:  # the fill, nearest to the band first, each once before any twice
+            assert plan.counts[i] == fill.get(i, 0)
+
+
+def test_zone_only_is_the_seed_rule():
+    """The literal rule: every sample from the zone, as evenly as possible; no fill, no balance, no guard."""
+    log_d, drawable, labels = pool("spread", 64)
+    policy = CompositionPolicy(composition="zone_only", min_zone_fraction=0.1, global_batch_size=4)
+    flags = np.zeros(64, dtype=bool)
+    flags[:20] = True
+    plan = compose_epoch(policy, 64, log_d, drawable, seed=0, epoch=2, labels=labels, out_of_reach=flags)
+    expected = reference_plan(CompositionPolicy(**{**policy.__dict__, "class_balance": False}), 64, log_d, drawable)
+    zone = expected[None][0]
+    np.testing.assert_array_equal(plan.zone, zone)  # the guard's flags are ignored
+    assert plan.counts.sum() == 64 and set(np.flatnonzero(plan.counts)) == set(zone)
+    assert plan.counts[zone].max() - plan.counts[zone].min() <= 1
+
+
+def test_out_of_reach_examples_never_enter_the_zone_and_come_last():
+    log_d = np.array([0.1, 0.5, 1.0, 1.05, 1.1, 1.2, 2.0, 3.0])
+    drawable = np.ones(8, dtype=bool)
+    flags = np.zeros(8, dtype=bool)
+    flags[[3, 4]] = True  # in or next to the band
+    policy = CompositionPolicy(zone_repeats=1, class_balance=False, min_zone_fraction=0.25, global_batch_size=1)
+    plan = compose_epoch(policy, 6, log_d, drawable, seed=0, epoch=2, out_of_reach=flags)
+    assert not set(plan.zone.tolist()) & {3, 4}
+    assert plan.counts[[3, 4]].sum() == 0  # skipped before any nearer example
+    np.testing.assert_array_equal(plan.out_of_reach, [3, 4])
+
+
+@pytest.mark.parametrize("rule", ["nearest", "weighted", "uniform"])
+def test_fill_order_puts_out_of_reach_last(rule):
+    rng = np.random.default_rng(0)
+    distance = rng.uniform(0, 2, 50)
+    flags = rng.random(50) < 0.3
+    order = fill_order(distance, flags, rule, 0.25, np.random.default_rng(1))
+    assert sorted(order.tolist()) == list(range(50))
+    ranked_flags = flags[order]
+    assert not ranked_flags[: (~flags).sum()].any()
+    np.testing.assert_array_equal(order[(~flags).sum() :], np.flatnonzero(flags)[np.argsort(distance[flags])])
+    if rule == "nearest":
+        np.testing.assert_array_equal(order[: (~flags).sum()], np.flatnonzero(~flags)[np.argsort(distance[~flags])])
+
+
+def test_weighted_fill_prefers_the_band_and_cools_to_nearest():
+    """Gumbel top-k is a sample without replacement with weights exp(-d / T): near examples first more often; as T
+    falls it becomes the nearest-first order."""
+    distance = np.linspace(0, 3, 30)
+    flags = np.zeros(30, dtype=bool)
+    firsts = [fill_order(distance, flags, "weighted", 0.5, np.random.default_rng(s))[0] for s in range(400)]
+    counts = np.bincount(firsts, minlength=30)
+    weights = np.exp(-distance / 0.5)
+    np.testing.assert_allclose(counts / 400, weights / weights.sum(), atol=0.06)
+    cold = fill_order(distance, flags, "weighted", 1e-6, np.random.default_rng(0))
+    np.testing.assert_array_equal(cold, np.arange(30))
+
+
+def test_class_shares_follow_the_pool_even_when_the_band_favours_one_class():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], [200, 100, 50])
+    log_d = np.where(labels == 0, 2.0, 0.2) + 0.1 * rng.standard_normal(350)  # class 0 far harder
+    drawable = np.ones(350, dtype=bool)
+    balanced = CompositionPolicy(class_balance=True, zone_repeats=3)
+    plan = compose_epoch(balanced, 350, log_d, drawable, seed=0, epoch=2, labels=labels)
+    np.testing.assert_array_equal(np.bincount(labels, weights=plan.counts).astype(int), [200, 100, 50])
+    assert set(np.unique(labels[plan.zone])) == {0, 1, 2}  # every class has a zone of its own
+    pooled = compose_epoch(CompositionPolicy(class_balance=False, zone_repeats=3), 350, log_d, drawable, 0, 2, labels)
+    assert set(np.unique(labels[pooled.zone])) == {0}  # without balance the pooled band takes one class only
+
+
+@given(
+    size=st.integers(1, 120),
+    fraction=st.floats(0.05, 3.0),
+    repeats=st.integers(1, 4),
+    anneal=st.floats(0.0, 1.0),
+    replay=st.floats(0.0, 0.9),
+    seed=st.integers(0, 2**16),
+    epoch=st.integers(1, 50),
+    balance=st.booleans(),
+    fill=st.sampled_from(["nearest", "weighted", "uniform"]),
+)
+@settings(max_examples=150, deadline=None)
+def test_counts_sum_to_n_and_stay_in_the_training_set(
+    size, fraction, repeats, anneal, replay, seed, epoch, balance, fill
+):
+    rng = np.random.default_rng(seed)
+    log_d = rng.uniform(0, 3, size)
+    drawable = rng.random(size) > 0.2
+    drawable[rng.integers(size)] = True
+    flags = rng.random(size) < 0.2
+    labels = rng.integers(0, 3, size)
+    num_samples = max(1, math.ceil(fraction * size))
+    num_anneal = int(anneal * num_samples)
+    policy = CompositionPolicy(zone_repeats=repeats, class_balance=balance, fill=fill, replay_fraction=replay)
+    plan = compose_epoch(policy, num_samples, log_d, drawable, seed, epoch, labels, flags, num_anneal)
+    assert plan.counts.sum() == num_samples
+    assert (plan.counts >= plan.anneal_counts).all() and plan.anneal_counts.sum() == num_anneal
+    composed = plan.counts - plan.anneal_counts
+    # Replay and anneal draw from the whole set; the zone and the fill only from the drawable pool.
+    num_replay = round(replay * (num_samples - num_anneal))
+    assert composed[~drawable].sum() <= num_replay
+    assert not set(plan.zone.tolist()) & set(np.flatnonzero(flags).tolist())
+    # Pure: the same inputs give the same draw; another epoch or seed another one (when there is a choice to make).
+    again = compose_epoch(policy, num_samples, log_d.copy(), drawable.copy(), seed, epoch, labels, flags, num_anneal)
+    np.testing.assert_array_equal(plan.counts, again.counts)
+    np.testing.assert_array_equal(plan.anneal_counts, again.anneal_counts)
+
+
+def test_another_seed_or_epoch_draws_differently():
+    log_d, drawable, labels = pool("spread", 200)
+    policy = CompositionPolicy(fill="weighted", replay_fraction=0.2)
+    base = compose_epoch(policy, 200, log_d, drawable, seed=0, epoch=2, labels=labels, num_anneal=20)
+    assert not np.array_equal(base.counts, compose_epoch(policy, 200, log_d, drawable, 1, 2, labels, None, 20).counts)
+    assert not np.array_equal(base.counts, compose_epoch(policy, 200, log_d, drawable, 0, 3, labels, None, 20).counts)
+
+
+def test_one_repeat_with_an_epoch_as_large_as_the_pool_is_uniform():
+    """METHOD.md's identity: N = pool and k = 1 draws every example once."""
+    log_d, _, labels = pool("bimodal", 90)
+    drawable = np.ones(90, dtype=bool)
+    for balance in (False, True):
+        plan = compose_epoch(
+            CompositionPolicy(zone_repeats=1, class_balance=balance), 90, log_d, drawable, 0, 2, labels
+        )
+        np.testing.assert_array_equal(plan.counts, np.ones(90, dtype=np.int64))
+
+
+def test_uniform_plan_draws_whole_passes_first():
+    plan = uniform_plan(10, 25, seed=0, epoch=1)
+    assert plan.counts.sum() == 25 and set(plan.counts.tolist()) <= {2, 3}
+    assert plan.zone.size == 0 and plan.anneal_counts.sum() == 0
+
+
+@pytest.mark.parametrize(
+    ("total", "sizes", "expected"),
+    [
+        (10, [1, 1, 1], [4, 3, 3]),
+        (7, [5, 0, 5], [4, 0, 3]),
+        (0, [3, 4], [0, 0]),
+        (5, [2], [5]),
+        (3, [1, 1, 1, 1], [1, 1, 1, 0]),
+    ],
+)
+def test_allocate_by_share(total, sizes, expected):
+    assert allocate_by_share(total, np.array(sizes)).tolist() == expected
+    assert reference_shares(total, sizes) == expected if sum(sizes) else True
+
+
+@pytest.mark.parametrize(
+    ("epoch", "expected"), [(1, 0), (2, 0), (3, 24), (4, 40)], ids=["first", "before", "straddles", "inside"]
+)
+def test_anneal_samples_take_the_last_share_of_training(epoch, expected):
+    # 4 epochs of 40 = 160 samples; the last 40% (64 samples) start at sample 96, in epoch 3 (samples 80-119).
+    assert anneal_samples(epoch, 40, 160, 0.4) == expected
+    assert sum(anneal_samples(e, 40, 160, 0.4) for e in range(1, 5)) == 64
+    assert anneal_samples(epoch, 40, 160, 0.0) == 0
+
+
+def test_guard_flags_examples_trained_on_but_not_learned():
+    loss_before = np.array([1.0, 1.0, 1.0, 1.0, 0.1, 1.0, np.nan])
+    loss_after = np.array([1.2, 0.5, 1.0, 2.0, 0.2, 3.0, 1.0])
+    drawn = np.array([True, True, True, False, True, True, True])
+    above_level = np.array([True, True, True, True, False, True, True])
+    flags = update_out_of_reach(np.zeros(7, bool), loss_before, loss_after, drawn, above_level)
+    # 0: rose, drawn, above: flagged. 1: fell. 2: did not fall (equal): flagged. 3: not drawn, no evidence.
+    # 4: rose but below the level (mastered). 5: flagged. 6: no earlier loss.
+    assert flags.tolist() == [True, False, True, False, False, True, False]
+    # A flag stays until the example is drawn again; then the new evidence decides.
+    again = update_out_of_reach(
+        flags, loss_after, loss_after - 0.1, np.array([False, False, True] + [False] * 4), above_level
+    )
+    assert again.tolist() == [True, False, False, False, False, True, False]
+
+
+def test_guard_flags_use_each_class_level():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    log_d = np.array([0.1, 0.25, 0.3, 2.0, 2.15, 2.2])  # class 1 is harder everywhere
+    losses = np.ones(6)
+    flags = guard_flags(np.zeros(6, bool), losses, losses, np.ones(6, bool), log_d, np.ones(6, bool), labels)
+    assert flags.tolist() == [False, True, True, False, True, True]  # above each class's own mean
+    pooled = guard_flags(np.zeros(6, bool), losses, losses, np.ones(6, bool), log_d, np.ones(6, bool), None)
+    assert pooled.tolist() == [False, False, False, True, True, True]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"composition": "cycle"}, "composition"),
+        ({"fill": "farthest"}, "fill"),
+        ({"zone_repeats": 0}, "zone_repeats"),
+        ({"fill_temperature": 0.0}, "fill_temperature"),
+    ],
+)
+def test_policy_is_validated(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        CompositionPolicy(**overrides)
