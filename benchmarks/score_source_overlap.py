@@ -23,6 +23,7 @@ from transformers import TrainerCallback, set_seed
 from transformers.utils import logging as transformers_logging
 
 from hf_zpd import ZPDConfig, ZPDTrainer
+from hf_zpd.selection import compose_epoch
 from hf_zpd.data import (
     TWEET_LABELS,
     data_collator_for,
@@ -42,17 +43,21 @@ class OverlapProbe(ZPDTrainer):
         super().__init__(*args, **kwargs)
         self.comparisons = []
 
-    def _scores_for_zone(self, epoch):
-        table, merge_seconds = super()._scores_for_zone(epoch)
-        fresh, fresh_seconds = self._score_pool(epoch)
+    def _scores_for_zone(self, boundary):
+        table, merge_seconds = super()._scores_for_zone(boundary)
+        fresh, fresh_seconds = self._score_pool(boundary)
         zones = {}
         for name, scores in (("training_pass", table), ("scoring_pass", fresh)):
-            pool = np.flatnonzero(~np.isnan(scores.num_tokens))
-            zones[name] = set(pool[self._select(scores, pool).indices].tolist())
+            # The zone the epoch after this boundary would be drawn around, from these scores (no guard flags).
+            drawable = scores.finite() & (scores.num_tokens > 0)
+            policy = self.args.composition_policy(self.get_total_train_batch_size(self.args))
+            plan = compose_epoch(policy, self._num_samples, self._log_difficulty(scores), drawable,
+                                 self._curriculum_seed, boundary + 1, self._zpd_labels)  # fmt: skip
+            zones[name] = set(plan.zone.tolist())
         common = len(zones["training_pass"] & zones["scoring_pass"])
         self.comparisons.append(
             {
-                "epoch": epoch,
+                "epoch": boundary,
                 "training_pass_zone": len(zones["training_pass"]),
                 "scoring_pass_zone": len(zones["scoring_pass"]),
                 "intersection": common,

@@ -53,7 +53,7 @@ def worker(pool: int, repeats: int, out: str) -> None:
     seconds = []
     for _ in range(repeats + 1):  # the first pass warms up
         start = time.perf_counter()
-        table, _ = trainer._score_pool(epoch=1)
+        table, _ = trainer._score_pool(1)
         seconds.append(time.perf_counter() - start)
     assert not np.isnan(table.loss).any()
     if trainer.args.process_index == 0:

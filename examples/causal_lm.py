@@ -19,18 +19,12 @@ bash scripts/bootstrap.sh
 What it does: the Python language reference topics that ship with the standard library (`pydoc_data.topics`) are
 tokenized, concatenated and cut into blocks of 64 tokens; 128 blocks train and 32 evaluate. Loading the GGUF file
 takes up to a minute. Because both the model and its LM head are pretrained, a scoring pass runs before the first
-epoch (`score_before_training=True`), so both epochs draw from the ZPD band. On 2 idle CPU cores it takes about 4
+epoch (`score_before_training=True`), so both epochs are drawn around the ZPD zone. On 2 idle CPU cores it takes about 4
 minutes (32 steps of about 4 s, three passes over 128 blocks; 7.5 minutes were measured with another job sharing the
-cores). It prints the Trainer's progress bar, the training logs with the `zpd/*` metrics, the evaluation loss each
-epoch, saves the model to `runs/causal_lm`, and ends with:
-
-```
-ZPD curriculum summary (SmolLM2-135M-Instruct, 128 train / 32 eval blocks of 64 tokens)
-epoch  pool PPL    band [lower, upper]  in zone  selected  widened  eval PPL
-----------------------------------------------------------------------------
-    1    38.212       [100.98, 119.33]    20.3%        26        0    19.596
-    2    19.391         [54.83, 64.80]     9.4%        12        0    18.820
-```
+cores, with hf_zpd 0.1). It prints the Trainer's progress bar, the training logs with the `zpd/*` metrics, the
+evaluation loss each epoch, saves the model to `runs/causal_lm`, and ends with the per-epoch table that `hf-zpd train`
+prints too: what each epoch drew (the zone, the fill, the skipped examples) and its evaluation loss, epochs numbered
+as the Trainer logs them.
 
 The band is on the difficulty scale of the composite competence (an "effective perplexity"), which is not the
 pool's perplexity; `--difficulty_mode loss` puts both on one scale.
@@ -60,6 +54,7 @@ from transformers import (
 )
 
 from hf_zpd import ZPDConfig, ZPDTrainer
+from hf_zpd.epoch_table import render_epoch_table
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -171,37 +166,10 @@ def python_reference_blocks(tokenizer, block_size: int, num_blocks: int) -> list
     return [ids[i * block_size : (i + 1) * block_size] for i in range(num_blocks)]
 
 
-def format_summary(log_history: list[dict], num_epochs: int, title: str) -> str:
-    """One row per trained epoch: the zone it drew from (scored before it) and the evaluation perplexity after it."""
-    zones = {int(entry["zpd/epoch"]): entry for entry in log_history if "zpd/epoch" in entry}
-    evals = {round(entry["epoch"]): entry for entry in log_history if "eval_loss" in entry}
-    header = (
-        f"{'epoch':>5}  {'pool PPL':>8}  {'band [lower, upper]':>21}  {'in zone':>7}  {'selected':>8}  "
-        f"{'widened':>7}  {'eval PPL':>8}"
-    )
-    lines = [title, header, "-" * len(header)]
-    for epoch in range(num_epochs):
-        zone, evaluation = zones.get(epoch), evals.get(epoch + 1)
-        eval_ppl = f"{math.exp(evaluation['eval_loss']):.3f}" if evaluation else "-"
-        if zone is None:
-            lines.append(f"{epoch + 1:>5}  {'whole set (no scores)':>57}  {eval_ppl:>8}")
-            continue
-        band = f"[{zone['zpd/band_lower']:.2f}, {zone['zpd/band_upper']:.2f}]"
-        lines.append(
-            f"{epoch + 1:>5}  {zone['zpd/ppl']:>8.3f}  {band:>21}  {zone['zpd/zone_fraction']:>7.1%}  "
-            f"{int(zone['zpd/num_selected']):>8}  {int(zone['zpd/num_widened']):>7}  {eval_ppl:>8}"
-        )
-    lines.append(
-        "pool PPL: perplexity of the training blocks at the scoring pass before the epoch; band: the zone's edges on "
-        "the difficulty scale (effective perplexity); eval PPL: exp(eval_loss) after the epoch."
-    )
-    return "\n".join(lines)
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser((ScriptArguments, ZPDConfig))
     parser.set_defaults(**TRAINING_DEFAULTS)
-    script_args, training_args = parser.parse_args_into_dataclasses()
+    script_args, training_args = parser.parse_args_into_dataclasses(argv)
     set_seed(training_args.seed)
 
     model_path, gguf_file = script_args.model_name_or_path, script_args.gguf_file
@@ -233,12 +201,13 @@ def main() -> None:
     model_label = (
         "SmolLM2-135M-Instruct" if gguf_file == SMOLLM2_GGUF else os.path.basename(os.path.normpath(model_path))
     )
-    title = (
+    print(
         f"\nZPD curriculum summary ({model_label}, {num_train} train / {num_eval} eval blocks of "
         f"{script_args.block_size} tokens)"
     )
-    print(format_summary(trainer.state.log_history, math.ceil(trainer.state.epoch or 0), title))
+    print(render_epoch_table(trainer.state.log_history, num_epochs=math.ceil(trainer.state.epoch or 0), style="text"))
     print(f"Model saved to {training_args.output_dir}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ import torch
 from transformers import HfArgumentParser, Trainer, set_seed
 
 from hf_zpd import ZPDConfig, ZPDTrainer
-from hf_zpd.cli import compute_accuracy, format_summary, model_label
+from hf_zpd.cli import compute_accuracy, model_label
 from hf_zpd.data import (
     TWEET_LABELS,
     DataError,
@@ -76,6 +76,7 @@ from hf_zpd.data import (
     load_splits,
     prepare_splits,
 )
+from hf_zpd.epoch_table import render_epoch_table
 
 
 @dataclass
@@ -130,7 +131,7 @@ TRAINING_DEFAULTS = {
     # Pinned memory only helps copies to a GPU; on a CPU-only machine the DataLoader warns about it at every epoch.
     "dataloader_pin_memory": torch.cuda.is_available(),
     # The encoder is pretrained but the classification head is new: scoring before the first epoch measures only
-    # the untrained head (the band then holds no tweet, see the module docstring), so epoch 0 trains on the whole set
+    # the untrained head (the band then holds no tweet, see the module docstring), so the first epoch draws uniformly
     # and the curriculum starts from the first real scores.
     "score_before_training": False,
 }
@@ -167,8 +168,8 @@ def main() -> None:
 
     kind = "Plain Trainer (uniform baseline)" if script_args.plain_trainer else "ZPD curriculum"
     num_train, num_eval = len(tokenized["train"]), len(tokenized["eval"])
-    title = f"\n{kind} summary ({model_label(model_name)}, {num_train} train / {num_eval} eval tweets)"
-    print(format_summary(trainer.state.log_history, math.ceil(trainer.state.epoch or 0), title))
+    print(f"\n{kind} summary ({model_label(model_name)}, {num_train} train / {num_eval} eval tweets)")
+    print(render_epoch_table(trainer.state.log_history, num_epochs=math.ceil(trainer.state.epoch or 0), style="text"))
     print(f"Model and checkpoints: {training_args.output_dir}")
 
 

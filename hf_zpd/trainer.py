@@ -324,6 +324,10 @@ class ZPDTrainerMixin:
 
     def _statistics_from_outputs(self, model, outputs, labels: torch.Tensor) -> ExampleStatistics:
         logits = self._logits_of(model, outputs)
+        if self._zpd_alignment is None:
+            # Decided before the first step of train() (`_preflight`); a direct call to compute_loss or training_step
+            # decides from the model's structure alone (its own loss here may be scaled by num_items_in_batch).
+            self._zpd_alignment = decide_alignment(model, logits, labels, None, self.args.label_alignment)
         if self._zpd_alignment == SHIFTED:
             logits, labels = align_causal_labels(logits, labels)
         return per_example_statistics(logits.detach(), labels, chunk_size=self.args.statistics_chunk_size)
@@ -335,6 +339,14 @@ class ZPDTrainerMixin:
         returns logits; and the label alignment is decided (alignment.py). Every failure is a clear error before any
         step or file. Runs on every process (the forward is collective under FSDP and ZeRO-3), under a preserved RNG.
         """
+        peft_config = getattr(self.accelerator.unwrap_model(model), "active_peft_config", None)
+        if getattr(peft_config, "is_prompt_learning", False):
+            raise ValueError(
+                f"ZPDTrainer does not support the peft method {peft_config.peft_type.value}: prompt-learning methods "
+                "(prompt tuning, prefix tuning, P-tuning) add virtual tokens, so the model's logits no longer line up "
+                "with the labels of the batch and the per-example statistics would be wrong. Use an adapter method "
+                "(LoRA, IA3, ...), or the plain Trainer."
+            )
         dataset = loader.dataset
         features = [dataset[i] for i in range(min(_PREFLIGHT_EXAMPLES, len(dataset)))]
         with preserved_rng_and_mode(model), torch.inference_mode():

@@ -17,7 +17,7 @@ from huggingface_hub import ModelCard  # noqa: E402
 from transformers import DataCollatorForSeq2Seq  # noqa: E402
 
 from hf_zpd import ZPDConfig, ZPDTrainer  # noqa: E402
-from hf_zpd.record import render_model_card_section  # noqa: E402
+from hf_zpd.cards import dataset_card, with_curriculum_section  # noqa: E402
 
 REPO_ID = "your-name/tiny-zpd"
 
@@ -48,13 +48,13 @@ def main() -> None:
         )
         trainer.train()
         curriculum_repo = trainer.default_curriculum_repo_id()
-        trainer.curriculum_card(curriculum_repo, license="apache-2.0").save(
+        dataset_card(trainer.curriculum, curriculum_repo, license="apache-2.0").save(
             ROOT / "model_cards" / "curriculum_card.md"
         )
         # The card the Trainer writes, with the section added as `create_model_card` does after a push.
         trainer.create_model_card(license="apache-2.0", model_name=REPO_ID.split("/")[1])
         card = ModelCard.load(Path(output_dir) / "README.md")
-        card = render_model_card_section(card, trainer.curriculum_record(), curriculum_repo)
+        card = with_curriculum_section(card, trainer.curriculum, curriculum_repo)
         card.save(ROOT / "model_cards" / "model_card.md")
 
 

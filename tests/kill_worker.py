@@ -2,10 +2,11 @@
 
     python tests/kill_worker.py OUTPUT_DIR RESULT_JSON [--pause-in-scoring N | --pause-in-checkpoint N] [--resume]
 
-`--pause-in-scoring N` writes OUTPUT_DIR/paused and sleeps inside the N-th scoring pass (counting from 1);
+`--pause-in-scoring N` writes OUTPUT_DIR/paused and sleeps inside the N-th scoring pass (counting from 1; the first is
+the learnability guard's baseline before training);
 `--pause-in-checkpoint N` does the same inside the N-th checkpoint save, after the model weights are written and
 before the optimizer, RNG and trainer state: the test kills the process there. `--resume` resumes from the last
-complete checkpoint. On success the final weights' digest and the zones go to RESULT_JSON.
+complete checkpoint. On success the final weights' digest, the zones and every epoch's draws go to RESULT_JSON.
 """
 
 import argparse
@@ -34,7 +35,7 @@ class PausingTrainer(ZPDTrainer):
         Path(self.args.output_dir, "paused").write_text(str(os.getpid()))
         time.sleep(600)
 
-    def _score_pool(self, epoch):
+    def _score_pool(self, boundary):
         self.scoring_passes += 1
         if self.scoring_passes == self.pause_in_scoring:
             original = self._forward_statistics
@@ -45,7 +46,7 @@ class PausingTrainer(ZPDTrainer):
                 return stats
 
             self._forward_statistics = forward_then_pause
-        return super()._score_pool(epoch)
+        return super()._score_pool(boundary)
 
     def _save_optimizer_and_scheduler(self, output_dir):
         self.checkpoints += 1
@@ -99,6 +100,7 @@ def main() -> None:
     result = {
         "digest": digest(trainer.model),
         "zones": {epoch: zone.tolist() for epoch, zone in trainer.curriculum.zones.items()},
+        "draws": {epoch: draw.counts.tolist() for epoch, draw in trainer.curriculum.epochs.items()},
         "global_step": trainer.state.global_step,
     }
     Path(options.result).write_text(json.dumps(result))

@@ -43,17 +43,18 @@ def arguments(output_dir: str, cls=ZPDConfig, **overrides):
 
 
 class RecordingZPDTrainer(ZPDTrainer):
-    """Records the example indices of every training batch this process computes a loss on."""
+    """Records the scores behind every planned epoch, and the example indices of every training batch this process
+    computes a loss on."""
 
     seen: dict
     tables: dict
 
-    def _choose_zone(self, epoch):
-        super()._choose_zone(epoch)
-        table = self.curriculum.latest_scores
-        self.tables.setdefault(
-            epoch, {name: getattr(table, name).tolist() for name in ("loss", "confidence", "entropy", "num_tokens")}
-        )
+    def _plan_epoch(self, epoch):
+        super()._plan_epoch(epoch)
+        table = self.curriculum.scores_for(epoch)
+        if table is not None:
+            columns = ("loss", "confidence", "entropy", "num_tokens")
+            self.tables.setdefault(epoch, {name: getattr(table, name).tolist() for name in columns})
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         if model.training:
@@ -104,10 +105,13 @@ def main(out_dir: str) -> None:
     full.train()
     rank, world_size = full.args.process_index, full.args.world_size
     record = {
+        "rank": rank,
         "world_size": world_size,
+        "backend": dist.get_backend(),
         "distributed_type": str(full.accelerator.distributed_type),
         "zones": {epoch: zone.tolist() for epoch, zone in full.curriculum.zones.items()},
-        "draws": {epoch: full._zpd_sampler.epoch_indices(epoch).tolist() for epoch in range(3)},
+        "counts": {epoch: draw.counts.tolist() for epoch, draw in full.curriculum.epochs.items()},
+        "draws": {epoch: full._zpd_sampler.epoch_indices(epoch).tolist() for epoch in (1, 2, 3)},
         "seen": full.seen,
         "learning_rates": learning_rates(full),
         "global_step": full.state.global_step,
@@ -122,7 +126,7 @@ def main(out_dir: str) -> None:
     record["plain_learning_rates"] = learning_rates(plain)
     record["plain_global_step"] = plain.state.global_step
 
-    # 6 steps per epoch: resume mid-epoch 0 (step 4), mid-epoch 1 (step 8), and on epoch 1's last step (12).
+    # 6 steps per epoch: resume in the middle of epoch 1 (step 4), of epoch 2 (step 8), and on epoch 2's last step.
     record["resumed"] = {}
     for step in (4, 8, 12):
         checkpoint = os.path.join(out_dir, "full", f"checkpoint-{step}")
@@ -131,6 +135,7 @@ def main(out_dir: str) -> None:
         record["resumed"][step] = {
             "digest": digest(resumed.model),
             "zones": {epoch: zone.tolist() for epoch, zone in resumed.curriculum.zones.items()},
+            "counts": {epoch: draw.counts.tolist() for epoch, draw in resumed.curriculum.epochs.items()},
             "seen": resumed.seen,
         }
     # The training-pass score source: a frozen model (no dropout, learning rate 0) gives the scoring pass's table,
@@ -143,7 +148,7 @@ def main(out_dir: str) -> None:
         dropout=0.0,
     )
     frozen.train()
-    record["training_pass_frozen_table"] = frozen.tables[1]
+    record["training_pass_frozen_table"] = frozen.tables[2]  # epoch 2's scores: epoch 1's training passes
     learning = build(RecordingZPDTrainer, arguments(os.path.join(out_dir, "tp-full"), **training_pass), tokenizer)
     learning.train()
     record["training_pass"] = {"digest": digest(learning.model), "zones": _zones(learning), "resumed": {}}

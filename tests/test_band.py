@@ -17,7 +17,7 @@ from hf_zpd.statistics import COMPOSITE_WEIGHTS, LOSS_ONLY_WEIGHTS, competence
 
 
 def reference_select(log_d, lower=1.1, upper=1.3, min_size=1, valid=None) -> dict:
-    """The band rule of METHOD.md by loops: D = exp(mean log d) over the usable examples, the band
+    """The band rule of the method (README, "How it works") by loops: D = exp(mean log d) over the usable examples, the band
     [lower * D, upper * D] (compared in log space), then the nearest examples by distance to the band in log-difficulty,
     ties to the lower index, until `min_size` (capped at the number of usable examples)."""
     log_d = [float(x) for x in log_d]

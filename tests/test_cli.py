@@ -52,17 +52,48 @@ def common_flags(output_dir) -> list[str]:
     ]  # fmt: skip
 
 
-def test_help_lists_the_commands_and_every_flag(capsys):
+def help_text(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def option_lines(text: str) -> list[str]:
+    """The flags that the help documents, in order (an option line starts with two spaces and --)."""
+    return [line.split()[0].rstrip(",") for line in text.splitlines() if line.startswith("  --")]
+
+
+def test_help_leads_with_the_commands_and_the_curriculums_flags(capsys):
     assert main(["--help"]) == 0
     usage = capsys.readouterr().out
     assert all(f"hf-zpd {command}" in usage for command in ("train", "score", "report"))
     for command in ("train", "score"):
-        with pytest.raises(SystemExit) as exit_info:
-            main([command, "--help"])
-        assert exit_info.value.code == 0
-        text = capsys.readouterr().out
-        # A TrainingArguments flag, a ZPDConfig flag and the command's own.
-        assert "--learning_rate" in text and "--band_lower" in text and "--dataset" in text
+        text = help_text([command, "--help"], capsys)
+        groups = [
+            line.rstrip(":") for line in text.splitlines() if line and not line.startswith(" ") and line.endswith(":")
+        ]
+        assert groups == [
+            "help",
+            "the model and the data",
+            f"hf-zpd {command}",
+            "the ZPD curriculum (ZPDConfig's own fields)",
+        ]
+        flags = option_lines(text)
+        assert flags.index("--dataset") < flags.index("--band_lower") < flags.index("--zone_repeats")
+        assert "--learning_rate" not in flags and "--num_train_epochs" not in flags  # the Trainer's come after
+        assert f"hf-zpd {command} --help-all" in text and len(text.splitlines()) < 250
+        everything = option_lines(help_text([command, "--help-all"], capsys))
+        assert {"--learning_rate", "--num_train_epochs", "--band_lower", "--dataset"} <= set(everything)
+        assert len(everything) > 3 * len(flags)
+    assert "--compare_plain_trainer" in option_lines(help_text(["train", "--help"], capsys))
+
+
+def test_help_answers_without_importing_transformers():
+    """`hf-zpd --help` is instant: the commands import transformers, torch and datasets only when they run."""
+    code = "import sys; from hf_zpd.cli import main; main(['--help']); print(sorted({'transformers', 'torch', 'datasets'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_console_script_is_installed():
@@ -79,7 +110,10 @@ def test_train_classification_end_to_end_with_report(tmp_path, classifier_folder
                    *common_flags(run)])  # fmt: skip
     assert status == 0
     out = capsys.readouterr().out
-    assert "ZPD curriculum summary" in out and "ZPD zone" in out
+    assert "ZPD curriculum summary" in out and "epochs are numbered as the Trainer logs them" in out
+    table = out.split("ZPD curriculum summary", 1)[1].splitlines()
+    assert table[1].split()[:3] == ["epoch", "drawn", "from"]
+    assert table[3].split()[:4] == ["1", "whole", "set", "(uniform)"] and table[4].split()[0] == "2"
     state = json.loads((run / "trainer_state.json").read_text())
     assert any("zpd/ppl" in entry for entry in state["log_history"])
     assert any("eval_accuracy" in entry for entry in state["log_history"])
@@ -120,7 +154,7 @@ def test_score_writes_every_example_to_parquet(tmp_path, classifier_folder, sent
     assert scores["zpd_example_index"].tolist() == list(range(48))
     assert np.isfinite(scores[["loss", "confidence", "entropy", "competence", "difficulty"]].to_numpy()).all()
     assert (scores["num_tokens"] == 1).all()
-    # Composite difficulty (METHOD.md): d = exp(log V (1 - k)), with V = 3 classes.
+    # Composite difficulty (the method): d = exp(log V (1 - k)), with V = 3 classes.
     np.testing.assert_allclose(scores["difficulty"], np.exp(np.log(3) * (1 - scores["competence"])), rtol=1e-12)
     assert not [name for name in os.listdir(output.parent) if name != "train.parquet"]  # no temp file left
     assert "Scored 48 examples" in capsys.readouterr().out
@@ -183,8 +217,46 @@ def test_builtin_tweets_are_split_into_disjoint_prefixes():
     assert splits["eval"][0] == {"text": tweets[cut][0], "label": tweets[cut][1]}
 
 
-def test_cli_constants_match_the_data_module():
-    """cli.py repeats two constants of data.py to keep `hf-zpd --help` free of heavy imports."""
-    from hf_zpd import cli, data
+@pytest.mark.slow
+def test_compare_plain_trainer_prints_both_runs_side_by_side(tmp_path, classifier_folder, sentences_csv, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--model_name_or_path", classifier_folder, "--dataset", sentences_csv, "--no_report",
+            "--compare_plain_trainer", *common_flags(run)]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "ZPD curriculum summary" in out and "Plain Trainer (uniform baseline) summary" in out
+    assert "ZPD curriculum against the plain Trainer (same data, seed and arguments):" in out
+    zpd_state = json.loads((run / "trainer_state.json").read_text())
+    plain_state = json.loads((tmp_path / "run-plain_trainer" / "trainer_state.json").read_text())
+    ours = [e["eval_accuracy"] for e in zpd_state["log_history"] if "eval_accuracy" in e][-1]
+    theirs = [e["eval_accuracy"] for e in plain_state["log_history"] if "eval_accuracy" in e][-1]
+    assert (
+        f"final accuracy: ZPD {ours:.4f}, plain {theirs:.4f} (ZPD - plain: {100 * (ours - theirs):+.2f} points" in out
+    )
+    assert zpd_state["global_step"] == plain_state["global_step"]
 
-    assert (cli.TASKS, cli.DEFAULT_DATASET) == (data.TASKS, data.DEFAULT_DATASET)
+
+def test_a_new_head_is_reported_in_one_plain_line(tmp_path, tokenizer, caplog):
+    """transformers' load report is a colour table (raw escape codes in a log file); the CLI says it in one line."""
+    from transformers import BertModel
+
+    from hf_zpd.data import load_model_and_tokenizer
+
+    folder = tmp_path / "encoder"
+    tiny_bert_classifier(len(tokenizer)).bert.save_pretrained(folder)  # an encoder without a classification head
+    assert isinstance(BertModel.from_pretrained(folder), BertModel)
+    tokenizer.save_pretrained(folder)
+    import logging
+
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_warning()
+    transformers_logging.get_logger().addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING):
+            model, _ = load_model_and_tokenizer(str(folder), "classification", ["a", "b", "c"])
+    finally:
+        transformers_logging.get_logger().removeHandler(caplog.handler)
+        transformers_logging.set_verbosity_error()
+    assert "\x1b[" not in caplog.text and "LOAD REPORT" not in caplog.text
+    assert "encoder: 2 weights are new and randomly initialised (classifier.bias, classifier.weight)" in caplog.text

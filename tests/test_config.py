@@ -7,13 +7,20 @@ import re
 import pytest
 from transformers import HfArgumentParser, TrainingArguments
 
-from hf_zpd.config import ZPDConfig
+from hf_zpd.config import ZPDArguments, ZPDConfig
 
 ZPD_DEFAULTS = {
     "band_lower": 1.1,
     "band_upper": 1.3,
     "difficulty_mode": "composite",
     "competence_weights": [0.4, 0.35, 0.25],
+    "composition": "zone_and_fill",
+    "zone_repeats": 2,
+    "fill": "nearest",
+    "fill_temperature": 0.25,
+    "class_balance": True,
+    "learnability_guard": True,
+    "anneal_fraction": 0.125,
     "min_zone_fraction": 0.05,
     "replay_fraction": 0.0,
     "epoch_fraction": 1.0,
@@ -23,6 +30,7 @@ ZPD_DEFAULTS = {
     "score_source": "scoring_pass",
     "scoring_batch_size": None,
     "statistics_chunk_size": 128,
+    "label_alignment": "auto",
     "fused_cross_entropy": False,
     "running_ppl_decay": 0.9,
     "replay_curriculum": None,
@@ -30,6 +38,14 @@ ZPD_DEFAULTS = {
 ZPD_FIELDS = [
     f for f in dataclasses.fields(ZPDConfig) if f.name not in {g.name for g in dataclasses.fields(TrainingArguments)}
 ]
+
+
+def test_the_curriculum_fields_are_zpd_arguments_own():
+    """ZPDConfig is TrainingArguments plus exactly the fields of ZPDArguments (which ZPDSFTConfig shares)."""
+    assert [f.name for f in ZPD_FIELDS] == [f.name for f in dataclasses.fields(ZPDArguments)]
+    assert [f.name for f in dataclasses.fields(ZPDConfig)][:3] == [
+        f.name for f in dataclasses.fields(TrainingArguments)
+    ][:3]
 
 
 def make_config(tmp_path, **kwargs) -> ZPDConfig:
@@ -87,6 +103,15 @@ INVALID = {
     "running_ppl_decay_negative": ({"running_ppl_decay": -0.1}, "running_ppl_decay"),
     "running_ppl_decay_nan": ({"running_ppl_decay": math.nan}, "running_ppl_decay"),
     "replay_curriculum_blank": ({"replay_curriculum": "  "}, "replay_curriculum"),
+    "composition_bogus": ({"composition": "zone_first"}, "composition"),
+    "zone_repeats_zero": ({"zone_repeats": 0}, "zone_repeats"),
+    "zone_repeats_float": ({"zone_repeats": 1.5}, "zone_repeats"),
+    "fill_bogus": ({"fill": "farthest"}, "fill"),
+    "fill_temperature_zero": ({"fill_temperature": 0.0}, "fill_temperature"),
+    "fill_temperature_nan": ({"fill_temperature": math.nan}, "fill_temperature"),
+    "anneal_fraction_one": ({"anneal_fraction": 1.0}, "anneal_fraction"),
+    "anneal_fraction_negative": ({"anneal_fraction": -0.1}, "anneal_fraction"),
+    "label_alignment_bogus": ({"label_alignment": "left"}, "label_alignment"),
 }
 
 
@@ -106,8 +131,19 @@ def test_invalid_value_raises_naming_the_field(tmp_path, case):
         {"min_zone_fraction": 1.0, "epoch_fraction": 0.01, "replay_fraction": 0.99},
         {"scoring_pool_size": 1, "scoring_batch_size": 1, "rescore_every": 3, "statistics_chunk_size": 1},
         {"running_ppl_decay": 0.0},
+        {"composition": "zone_only", "zone_repeats": 1, "fill": "uniform", "anneal_fraction": 0.0},
+        {"fill": "weighted", "fill_temperature": 1e-3, "class_balance": False, "learnability_guard": False},
     ],
-    ids=["band_below_one", "loss_only_weights", "other_weights", "edge_fractions", "edge_sizes", "no_decay"],
+    ids=[
+        "band_below_one",
+        "loss_only_weights",
+        "other_weights",
+        "edge_fractions",
+        "edge_sizes",
+        "no_decay",
+        "seed_rule",
+        "weighted_fill",
+    ],  # fmt: skip
 )
 def test_valid_edge_values_are_accepted(tmp_path, kwargs):
     config = make_config(tmp_path, **kwargs)

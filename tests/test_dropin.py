@@ -245,7 +245,12 @@ def alignment_setup(name, tokenizer):
                                                      num_attention_heads=2, intermediate_size=32, num_labels=vocab))  # fmt: skip
         return bert, lm_data, lm_collator, ALIGNED
     if name == "bert":
-        return tiny_bert_classifier(vocab), classification_dataset(tokenizer, 12), DataCollatorWithPadding(tokenizer), ALIGNED
+        return (
+            tiny_bert_classifier(vocab),
+            classification_dataset(tokenizer, 12),
+            DataCollatorWithPadding(tokenizer),
+            ALIGNED,
+        )
     if name == "t5":
         model = tiny_t5(vocab)
         return model, seq2seq_dataset(tokenizer, 12), DataCollatorForSeq2Seq(tokenizer, model=model), ALIGNED
@@ -263,7 +268,17 @@ def own_losses(model, dataset, collator) -> list[float]:
     return losses
 
 
-ALIGNMENT_CASES = ["gpt2", "llama", "lora_gpt2", "lora_llama", "custom_causal", "custom_tagger", "bert_tokens", "bert", "t5"]
+ALIGNMENT_CASES = [
+    "gpt2",
+    "llama",
+    "lora_gpt2",
+    "lora_llama",
+    "custom_causal",
+    "custom_tagger",
+    "bert_tokens",
+    "bert",
+    "t5",
+]
 
 
 @pytest.mark.parametrize("name", ALIGNMENT_CASES)
@@ -314,7 +329,9 @@ def test_a_model_whose_alignment_cannot_be_told_is_refused_with_the_fix(tokenize
 def lora_run(trainer_class, args, tokenizer, dataset):
     torch.manual_seed(0)
     model = lora(tiny_llama(len(tokenizer)), ["q_proj", "v_proj"])
-    return trainer_class(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorForSeq2Seq(tokenizer))
+    return trainer_class(
+        model=model, args=args, train_dataset=dataset, data_collator=DataCollatorForSeq2Seq(tokenizer)
+    )
 
 
 @pytest.mark.parametrize("accumulation", [1, 2], ids=["ga1", "ga2"])
@@ -367,7 +384,9 @@ def test_fused_path_with_lora_equals_the_standard_path(tokenizer, tmp_path):
     collator = DataCollatorForSeq2Seq(tokenizer)
     outcomes = {}
     for fused in (False, True):
-        trainer = lora_run(ZPDTrainer, config(tmp_path, f"fused-{fused}", fused_cross_entropy=fused), tokenizer, dataset)
+        trainer = lora_run(
+            ZPDTrainer, config(tmp_path, f"fused-{fused}", fused_cross_entropy=fused), tokenizer, dataset
+        )
         trainer._zpd_alignment = SHIFTED
         trainer.current_gradient_accumulation_steps = 1  # set by the Trainer's epoch loop, which this skips
         batch = collator([dataset[i] for i in range(8)])
@@ -385,7 +404,22 @@ def test_fused_path_with_lora_equals_the_standard_path(tokenizer, tmp_path):
 def test_fused_path_refuses_a_lora_adapter_on_the_lm_head(tokenizer, tmp_path):
     model = lora(tiny_llama(len(tokenizer)), ["q_proj", "lm_head"])
     with pytest.raises(ValueError, match="needs a plain `nn.Linear` `lm_head`"):
-        ZPDTrainer(model=model, args=config(tmp_path, fused_cross_entropy=True), data_collator=DataCollatorForSeq2Seq(tokenizer))
+        ZPDTrainer(
+            model=model,
+            args=config(tmp_path, fused_cross_entropy=True),
+            data_collator=DataCollatorForSeq2Seq(tokenizer),
+        )
+
+
+def test_a_prompt_learning_peft_model_is_refused_at_train_start(tokenizer, tmp_path):
+    from peft import PromptTuningConfig
+
+    model = get_peft_model(tiny_gpt2(len(tokenizer)), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    trainer = ZPDTrainer(model=model, args=config(tmp_path), train_dataset=causal_lm_dataset(tokenizer, 16),
+                         data_collator=DataCollatorForSeq2Seq(tokenizer))  # fmt: skip
+    with pytest.raises(ValueError, match="does not support the peft method PROMPT_TUNING: prompt-learning methods"):
+        trainer.train()
+    assert trainer.state.global_step == 0
 
 
 # ---- gradient checkpointing and torch.compile ----
@@ -418,7 +452,9 @@ def test_torch_compile_trains_with_the_curriculum(tokenizer, tmp_path):
     dataset = causal_lm_dataset(tokenizer, 24, prompt_tokens=2)
     collator = DataCollatorForSeq2Seq(tokenizer)
     model = tiny_gpt2(len(tokenizer))
-    trainer = ZPDTrainer(model=model, args=config(tmp_path, torch_compile=True), train_dataset=dataset, data_collator=collator)
+    trainer = ZPDTrainer(
+        model=model, args=config(tmp_path, torch_compile=True), train_dataset=dataset, data_collator=collator
+    )
     trainer.train()
     assert type(trainer.model_wrapped).__name__ == "OptimizedModule"
     assert trainer._zpd_alignment == SHIFTED and trainer.curriculum.zones[2].size > 0

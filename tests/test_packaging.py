@@ -43,7 +43,7 @@ def test_wheel_ships_the_card_templates_as_hf_zpd_templates(tmp_path):
         timeout=300,
     )
     probe = (
-        "import sys; sys.path.insert(0, sys.argv[1]); from hf_zpd.record import TEMPLATES; "
+        "import sys; sys.path.insert(0, sys.argv[1]); from hf_zpd.cards import TEMPLATES; "
         "print(TEMPLATES); print(TEMPLATES.joinpath('curriculum_card.md').read_text()[:3])"
     )
     result = subprocess.run(

@@ -1,13 +1,11 @@
-"""The curriculum as data: the record file, replay, the curated dataset, cards, and the Hub round trip (minihub)."""
+"""The curriculum as data: the record file, replay, the curated dataset, cards, and the Hub round trip over real HTTP
+(the project's own test server, tests/hub_server.py)."""
 
 import json
 import math
 import os
 import re
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import datasets
@@ -17,17 +15,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from builders import assert_bitwise_equal, causal_lm_dataset, final_weights, tiny_gpt2
+from hub_server import HubServer
 from huggingface_hub import DatasetCard, ModelCard
 from transformers import DataCollatorForSeq2Seq
 
 import hf_zpd
-from hf_zpd import CurriculumRecord, ZPDConfig, ZPDTrainer, load_curriculum
-from hf_zpd.curriculum import STATE_NAME
-from hf_zpd.record import METADATA_KEY, RECORD_FORMAT_VERSION, RECORD_NAME, ScoreHistory
+from hf_zpd import CurriculumRecord, EpochDraw, ZPDConfig, ZPDTrainer, load_curriculum
+from hf_zpd.cards import dataset_card
+from hf_zpd.hub import push_curriculum
+from hf_zpd.record import METADATA_KEY, RECORD_FORMAT_VERSION, RECORD_NAME
 from hf_zpd.scoring import ScoreTable
+from hf_zpd.state import STATE_NAME
 
-MINIHUB = Path(__file__).resolve().parents[2] / "shared" / "tools" / "minihub.py"
 NUM_EXAMPLES = 48
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def config(tmp_path, name="run", **overrides) -> ZPDConfig:
@@ -80,46 +81,53 @@ def recorded(tokenizer, tmp_path_factory):
 
 def test_record_round_trip(recorded):
     trainer, output_dir = recorded
-    state = trainer.curriculum
+    live = trainer.curriculum
     path = trainer.save_curriculum(str(output_dir / "saved"))
     assert path.endswith(RECORD_NAME) and sorted(os.listdir(output_dir / "saved")) == [RECORD_NAME]
     record = load_curriculum(path)
-    # Zones, metrics, settings and ids come back exactly.
-    assert record.zones.keys() == state.zones.keys() == {1, 2}
-    for epoch, zone in state.zones.items():
-        np.testing.assert_array_equal(record.zones[epoch], zone)
-        assert record.zones[epoch].dtype == np.int64
-    assert record.epoch_metrics == state.epoch_metrics
+    # Every epoch's draws, zones, metrics, settings and ids come back exactly.
+    assert record.epochs.keys() == live.epochs.keys() == {1, 2, 3}
+    assert record.zones.keys() == {2, 3} and record.epochs[1].zone is None
+    for epoch, draw in live.epochs.items():
+        got = record.epochs[epoch]
+        for name in ("counts", "anneal_counts", "in_band", "out_of_reach"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(draw, name), err_msg=f"{epoch} {name}")
+        assert got.scored_at == draw.scored_at and got.metrics == draw.metrics and got.bands == draw.bands
+        if draw.zone is not None:
+            np.testing.assert_array_equal(got.zone, draw.zone)
+            assert got.zone.dtype == np.int64
     settings = record.settings
     assert settings["dataset_size"] == NUM_EXAMPLES and settings["seed"] == 7
     assert (settings["band_lower"], settings["band_upper"], settings["difficulty_mode"]) == (1.1, 1.3, "composite")
     assert settings["competence_weights"] == [0.4, 0.35, 0.25] and settings["replay_fraction"] == 0.25
+    assert settings["composition"] == "zone_and_fill" and settings["zone_repeats"] == 2
     assert record.id_column == "id" and record.example_ids[5] == "ex-005"
-    # Every scoring pass is kept (CurriculumState keeps only the last two), bitwise.
-    assert record.history.scored_at == {1: 1, 2: 2}
-    for boundary, table in ((2, state.latest_scores), (1, state.previous_scores)):
+    # Every scoring pass is kept, bitwise: the guard's baseline (0) and the passes after epochs 1 and 2.
+    assert sorted(record.history.tables) == [0, 1, 2]
+    for boundary, table in live.history.tables.items():
         loaded = record.history.tables[boundary]
         for column in ("loss", "confidence", "entropy", "num_tokens"):
             np.testing.assert_array_equal(getattr(loaded, column), getattr(table, column))
         assert loaded.vocab_size == table.vocab_size
-    # The rows: one per (epoch, scored example), `selected` is the zone, `in_band` is what the band held.
+    # The rows: one per (epoch, example scored for it or drawn in it).
     rows = pq.read_table(path).to_pandas()
-    assert len(rows) == 2 * NUM_EXAMPLES
-    for epoch in (1, 2):
+    assert len(rows) == 3 * NUM_EXAMPLES
+    for epoch in (2, 3):
         epoch_rows = rows[rows.epoch == epoch]
-        assert sorted(epoch_rows["index"][epoch_rows.selected]) == state.zones[epoch].tolist()
-        metrics = state.epoch_metrics[epoch]
+        assert sorted(epoch_rows["index"][epoch_rows.in_zone]) == live.zones[epoch].tolist()
+        assert epoch_rows.draws.sum() == NUM_EXAMPLES  # the epoch's N
+        metrics = live.epochs[epoch].metrics
         assert epoch_rows.in_band.sum() == metrics["zpd/num_in_band"]
-        assert (epoch_rows.selected & ~epoch_rows.in_band).sum() == metrics["zpd/num_widened"]
-        assert (epoch_rows.band_lower == metrics["zpd/band_lower"]).all()
+        assert (epoch_rows.in_zone & ~epoch_rows.in_band).sum() == metrics["zpd/num_widened"]
+        assert (epoch_rows.draws == 0).sum() == metrics["zpd/num_skipped"]
+        assert (epoch_rows.band_lower == metrics["zpd/band_lower"]).all()  # causal LM: one band over the pool
         assert (epoch_rows.ppl == metrics["zpd/ppl"]).all()
-        assert (epoch_rows.running_ppl == metrics["zpd/running_ppl"]).all()
         # Difficulty and band on one scale: the in-band rows lie between the edges.
         inside = epoch_rows[epoch_rows.in_band]
         assert (inside.difficulty >= metrics["zpd/band_lower"] * (1 - 1e-12)).all()
         assert (inside.difficulty <= metrics["zpd/band_upper"] * (1 + 1e-12)).all()
     assert rows.example_id.tolist()[:2] == ["ex-000", "ex-001"]
-    assert math.exp(rows[rows.epoch == 2].loss.mean()) == pytest.approx(state.epoch_metrics[2]["zpd/ppl"])
+    assert math.exp(rows[rows.epoch == 3].loss.mean()) == pytest.approx(live.epochs[3].metrics["zpd/ppl"])
 
 
 def test_record_written_at_train_end_and_in_every_checkpoint(recorded):
@@ -128,10 +136,10 @@ def test_record_written_at_train_end_and_in_every_checkpoint(recorded):
     for checkpoint in sorted(output_dir.glob("checkpoint-*")):
         assert (checkpoint / STATE_NAME).is_file() and (checkpoint / RECORD_NAME).is_file()
         assert not [name for name in os.listdir(checkpoint) if name.endswith(".tmp")]
-    # The checkpoint after epoch 0 already holds zone 1 (chosen at that epoch's end) and its scores.
+    # The checkpoint after the first epoch already holds the second epoch's draw (planned at that epoch's end).
     first = load_curriculum(str(output_dir / "checkpoint-6"))
-    assert sorted(first.zones) == [1] and first.history.scored_at == {1: 1}
-    np.testing.assert_array_equal(first.zones[1], trainer.curriculum.zones[1])
+    assert sorted(first.epochs) == [1, 2] and sorted(first.history.tables) == [0, 1]
+    np.testing.assert_array_equal(first.epochs[2].counts, trainer.curriculum.epochs[2].counts)
 
 
 def test_resume_keeps_the_scores_of_earlier_epochs(tokenizer, tmp_path, recorded):
@@ -139,8 +147,8 @@ def test_resume_keeps_the_scores_of_earlier_epochs(tokenizer, tmp_path, recorded
     full_trainer, output_dir = recorded
     resumed = make_trainer(tokenizer, config(tmp_path, "resumed", save_strategy="epoch"))
     resumed.train(resume_from_checkpoint=str(output_dir / "checkpoint-6"))
-    expected, record = full_trainer.curriculum_record(), resumed.curriculum_record()
-    assert record.history.scored_at == expected.history.scored_at
+    expected, record = full_trainer.curriculum, resumed.curriculum
+    assert sorted(record.history.tables) == sorted(expected.history.tables)
     for boundary, table in expected.history.tables.items():
         np.testing.assert_array_equal(record.history.tables[boundary].loss, table.loss)
 
@@ -151,31 +159,26 @@ def synthetic_record(num_examples=6) -> CurriculumRecord:
     table.confidence[:] = 0.5
     table.entropy[:] = 0.5
     table.num_tokens[:] = 4
-    settings = dict(
-        dataset_size=num_examples,
-        band_lower=1.1,
-        band_upper=1.3,
-        difficulty_mode="composite",
-        competence_weights=[0.4, 0.35, 0.25],
-        epoch_fraction=1.0,
-        replay_fraction=0.0,
-        seed=0,
-        score_before_training=False,
-    )
-    history = ScoreHistory()
-    history.remember(1, 1, table)
-    return CurriculumRecord(settings, zones={1: np.array([2, 4])}, history=history, epoch_metrics={1: {"zpd/ppl": 3}})
+    settings = dict(dataset_size=num_examples, band_lower=1.1, band_upper=1.3, difficulty_mode="composite",
+                    competence_weights=[0.4, 0.35, 0.25], epoch_fraction=1.0, num_samples_per_epoch=num_examples,
+                    seed=0)  # fmt: skip
+    counts = np.array([0, 1, 2, 1, 2, 0])
+    draw = EpochDraw(2, counts, np.zeros(6, dtype=np.int64), zone=np.array([2, 4]), scored_at=1,
+                     bands={-1: (2.0, 2.2, 2.6)}, metrics={"zpd/ppl": 3.0})  # fmt: skip
+    record = CurriculumRecord(settings, epochs={2: draw})
+    record.history.tables[1] = table
+    return record
 
 
 def test_a_damaged_record_is_refused_naming_the_file(tmp_path):
     path = synthetic_record().save(str(tmp_path))
-    assert load_curriculum(str(tmp_path)).zones[1].tolist() == [2, 4]
+    assert load_curriculum(str(tmp_path)).zones[2].tolist() == [2, 4]
     Path(path).write_bytes(Path(path).read_bytes()[:100])
     with pytest.raises(ValueError, match=f"The curriculum record {re.escape(path)} is unreadable"):
         load_curriculum(path)
 
 
-def test_a_record_of_another_format_version_is_refused_naming_the_file(tmp_path):
+def test_a_record_of_an_unknown_format_version_is_refused_naming_the_file(tmp_path):
     table = synthetic_record().to_arrow()
     metadata = json.loads(table.schema.metadata[METADATA_KEY])
     metadata["format_version"] = RECORD_FORMAT_VERSION + 1
@@ -187,6 +190,22 @@ def test_a_record_of_another_format_version_is_refused_naming_the_file(tmp_path)
     pq.write_table(pa.table({"x": [1, 2]}), plain)
     with pytest.raises(ValueError, match=f"{re.escape(plain)} is a parquet file but not an hf_zpd curriculum record"):
         load_curriculum(plain)
+
+
+def test_a_record_written_by_hf_zpd_0_1_is_read_with_its_epochs_renumbered(tmp_path):
+    """tests/data/record_format1.parquet was written by hf_zpd 0.1 (main at 82d06c7): zones only, epochs from 0."""
+    record = load_curriculum(str(DATA / "record_format1.parquet"))
+    zones_then = json.loads((DATA / "zones.json").read_text())  # {epoch counted from 0: zone}
+    assert record.format_version == 1
+    assert {epoch: zone.tolist() for epoch, zone in record.zones.items()} == {
+        int(epoch) + 1: zone for epoch, zone in zones_then.items()
+    }
+    assert all(record.epochs[e].metrics["zpd/epoch"] == e for e in record.zones)
+    assert record.id_column == "id" and record.example_ids[3] == "ex-003"
+    assert record.scores_for(2) is not None and np.isfinite(record.scores_for(2).loss).all()
+    record.to_pandas()  # the rows render in the current format
+    with pytest.raises(ValueError, match="format-1 record .* Replay it with hf_zpd 0.1"):
+        record.check_replay(24, lambda column: None, 24, 7, [1, 2, 3])
 
 
 def test_missing_local_record_is_a_clear_error(tmp_path):
@@ -205,18 +224,17 @@ def test_no_curriculum_before_training(tokenizer, tmp_path):
 
 
 def test_replay_follows_the_record_bitwise(tokenizer, tmp_path, recorded):
-    """Same zones, same draws, bitwise-identical weights, and no scoring pass."""
+    """Same draws, bitwise-identical weights, and no scoring pass."""
     original, output_dir = recorded
     replay = make_trainer(tokenizer, config(tmp_path, "replay", replay_curriculum=str(output_dir)))
 
-    def no_scoring(epoch):
+    def no_scoring(boundary):
         raise AssertionError("a replay must not run a scoring pass")
 
     replay._score_pool = no_scoring
     replay.train()
-    assert replay.curriculum.zones.keys() == original.curriculum.zones.keys()
-    for epoch, zone in original.curriculum.zones.items():
-        np.testing.assert_array_equal(replay.curriculum.zones[epoch], zone)
+    assert replay.curriculum.epochs.keys() == original.curriculum.epochs.keys()
+    for epoch in original.curriculum.epochs:
         np.testing.assert_array_equal(
             replay._zpd_sampler.epoch_indices(epoch), original._zpd_sampler.epoch_indices(epoch)
         )
@@ -233,11 +251,11 @@ def test_replay_follows_the_record_bitwise(tokenizer, tmp_path, recorded):
         (dict(num_examples=40), "written for a training set of 48 examples, but train_dataset has 40"),
         (dict(ids=[f"ex-{i:03d}" for i in reversed(range(NUM_EXAMPLES))]), "have other ids than the record's"),
         (dict(drop_ids=True), "by the column 'id', which train_dataset does not have"),
-        (dict(seed=8), r"seed=8 \(the record has 7\)"),
-        (dict(epoch_fraction=0.5, replay_fraction=0.0), "epoch_fraction=0.5 .*replay_fraction=0.0"),
-        (dict(num_train_epochs=4), r"missing \[3\]"),
+        (dict(seed=8), r"seed 8 \(the record's is 7"),
+        (dict(epoch_fraction=0.5), r"an epoch of 24 samples \(the record's epochs have 48"),
+        (dict(num_train_epochs=4), r"missing \[4\]"),
     ],
-    ids=["size", "ids", "no-id-column", "seed", "fractions", "epochs"],
+    ids=["size", "ids", "no-id-column", "seed", "fraction", "epochs"],
 )
 def test_replay_refuses_what_would_draw_differently(tokenizer, tmp_path, recorded, change, message):
     _, output_dir = recorded
@@ -249,6 +267,7 @@ def test_replay_refuses_what_would_draw_differently(tokenizer, tmp_path, recorde
     trainer = make_trainer(tokenizer, config(tmp_path, replay_curriculum=str(output_dir), **change), dataset)
     with pytest.raises(ValueError, match=f"Cannot replay {re.escape(str(output_dir / RECORD_NAME))}: .*{message}"):
         trainer.train()
+    assert trainer.state.global_step == 0
 
 
 def test_replay_curriculum_is_validated(tmp_path):
@@ -262,25 +281,27 @@ def test_replay_curriculum_is_validated(tmp_path):
 def test_curated_dataset_round_trips(recorded, tmp_path):
     trainer, _ = recorded
     curated = trainer.curated_dataset(epoch=2)
-    zone = trainer.curriculum.zones[2]
-    assert curated["zpd_example_index"] == zone.tolist() and set(curated["zpd_epoch"]) == {2}
-    assert curated["id"] == [f"ex-{i:03d}" for i in zone]
-    table = trainer.curriculum.latest_scores
-    np.testing.assert_array_equal(curated["zpd_loss"], table.loss[zone])
-    assert curated["input_ids"][0] == trainer.train_dataset[int(zone[0])]["input_ids"]
+    draw = trainer.curriculum.epochs[2]
+    drawn = np.flatnonzero(draw.counts)
+    assert curated["zpd_example_index"] == drawn.tolist() and set(curated["zpd_epoch"]) == {2}
+    assert curated["zpd_draws"] == draw.counts[drawn].tolist()
+    assert [i for i, z in zip(drawn, curated["zpd_in_zone"], strict=True) if z] == draw.zone.tolist()
+    assert curated["id"] == [f"ex-{i:03d}" for i in drawn]
+    table = trainer.curriculum.scores_for(2)
+    np.testing.assert_array_equal(curated["zpd_loss"], table.loss[drawn])
+    assert curated["input_ids"][0] == trainer.train_dataset[int(drawn[0])]["input_ids"]
     everything = trainer.curated_dataset()
-    assert len(everything) == sum(len(z) for z in trainer.curriculum.zones.values())
+    assert len(everything) == sum(int((d.counts > 0).sum()) for d in trainer.curriculum.epochs.values())
 
     curated.save_to_disk(str(tmp_path / "disk"))
-    from_disk = datasets.load_from_disk(str(tmp_path / "disk"))
-    assert from_disk.to_dict() == curated.to_dict()
+    assert datasets.load_from_disk(str(tmp_path / "disk")).to_dict() == curated.to_dict()
     curated.to_parquet(str(tmp_path / "curated.parquet"))
     from_parquet = datasets.load_dataset(
         "parquet", data_files=str(tmp_path / "curated.parquet"), split="train", cache_dir=str(tmp_path / "cache")
     )
     assert from_parquet.to_dict() == curated.to_dict()
-    with pytest.raises(ValueError, match=r"No zone for epoch 0: the record has zones for epochs \[1, 2\]"):
-        trainer.curated_dataset(epoch=0)
+    with pytest.raises(ValueError, match=r"No draws for epoch 7: the record has epochs \[1, 2, 3\]"):
+        trainer.curated_dataset(epoch=7)
 
 
 def test_record_parquet_loads_with_datasets(recorded, tmp_path):
@@ -288,7 +309,7 @@ def test_record_parquet_loads_with_datasets(recorded, tmp_path):
     rows = datasets.load_dataset(
         "parquet", data_files=str(output_dir / RECORD_NAME), split="train", cache_dir=str(tmp_path / "cache")
     )
-    assert len(rows) == 2 * NUM_EXAMPLES and "selected" in rows.column_names
+    assert len(rows) == 3 * NUM_EXAMPLES and {"in_zone", "draws", "out_of_reach"} <= set(rows.column_names)
 
 
 # ---- cards ----
@@ -304,22 +325,22 @@ def test_model_card_gets_a_curriculum_section(recorded):
     assert ModelCard.load(str(output_dir / "README.md")).text.count("## ZPD curriculum") == 1
 
 
-def test_dataset_card_documents_columns_band_and_epochs(recorded):
+def test_dataset_card_documents_columns_settings_and_epochs(recorded):
     trainer, _ = recorded
-    card = trainer.curriculum_card("someone/run-curriculum", license="mit")
+    card = dataset_card(trainer.curriculum, "someone/run-curriculum", license="mit")
     assert card.data.license == "mit" and {"hf_zpd", "curriculum"} <= set(card.data.tags)
     text = str(card)
-    for column in ("`selected`", "`in_band`", "`difficulty`", "`example_id`", "`running_ppl`"):
+    for column in ("`in_zone`", "`draws`", "`out_of_reach`", "`difficulty`", "`example_id`", "`running_ppl`"):
         assert column in text
     assert (
         'load_dataset("someone/run-curriculum"' in text and "| band (relative to the level D) | [1.1, 1.3] |" in text
     )
-    ppl = trainer.curriculum.epoch_metrics[2]["zpd/ppl"]
-    assert f"| 2 | zone + 25% replay | {ppl:.4g} |" in text
-    assert "| 0 | whole training set (no scores yet) |" in text
+    ppl = trainer.curriculum.epochs[3].metrics["zpd/ppl"]
+    assert re.search(rf"\| 3 \| zone \+ fill \+ replay \| {ppl:.4g} \|", text)
+    assert "| 1 | whole set (uniform) |" in text
 
 
-# ---- the Hub, over real HTTP (minihub) ----
+# ---- the Hub, over real HTTP ----
 
 
 def free_port() -> int:
@@ -329,37 +350,21 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def minihub(tmp_path_factory):
-    if not MINIHUB.is_file():
-        pytest.skip(
-            f"The local Hub server {MINIHUB} is absent (it ships in the team's shared/tools, not in the repo)."
-        )
-    port = free_port()
-    data = tmp_path_factory.mktemp("minihub")
-    command = [sys.executable, str(MINIHUB), "--port", str(port), "--data", str(data)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, "minihub did not start"
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    server.terminate()
-    server.wait(timeout=10)
+def hub_server():
+    server = HubServer()
+    yield server.endpoint
+    server.stop()
 
 
 def point_clients_at(endpoint: str, monkeypatch, tmp_path) -> None:
-    """The four client settings of RESOURCES.md, switched after import, plus a fresh cache and no stored token."""
+    """Switch huggingface_hub and datasets to `endpoint` after import, with a fresh cache and no stored token."""
     constants = huggingface_hub.constants
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(
         constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}"
     )
     monkeypatch.setattr(datasets.config, "HF_ENDPOINT", endpoint)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the test server speaks LFS, not Xet
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     # conftest turns offline mode on for the rest of the suite.
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
@@ -371,9 +376,9 @@ def point_clients_at(endpoint: str, monkeypatch, tmp_path) -> None:
 
 
 @pytest.fixture
-def hub(minihub, monkeypatch, tmp_path) -> str:
-    point_clients_at(minihub, monkeypatch, tmp_path)
-    return minihub
+def hub(hub_server, monkeypatch, tmp_path) -> str:
+    point_clients_at(hub_server, monkeypatch, tmp_path)
+    return hub_server
 
 
 def test_hub_round_trip(recorded, hub, tmp_path):
@@ -382,14 +387,21 @@ def test_hub_round_trip(recorded, hub, tmp_path):
     assert commit.repo_url.repo_id == "tester/zpd-run-curriculum"
     rows = datasets.load_dataset("tester/zpd-run-curriculum", split="train", cache_dir=str(tmp_path / "datasets"))
     expected = pq.read_table(output_dir / RECORD_NAME).to_pandas()
-    assert len(rows) == len(expected) == 2 * NUM_EXAMPLES
-    assert rows["index"] == expected["index"].tolist() and rows["selected"] == expected.selected.tolist()
+    assert len(rows) == len(expected) == 3 * NUM_EXAMPLES
+    assert rows["index"] == expected["index"].tolist() and rows["draws"] == expected.draws.tolist()
     record = load_curriculum("tester/zpd-run-curriculum")
-    for epoch, zone in trainer.curriculum.zones.items():
-        np.testing.assert_array_equal(record.zones[epoch], zone)
+    for epoch, draw in trainer.curriculum.epochs.items():
+        np.testing.assert_array_equal(record.epochs[epoch].counts, draw.counts)
     card = DatasetCard.load("tester/zpd-run-curriculum", repo_type="dataset")
     assert card.data.license == "mit" and {"hf_zpd", "curriculum"} <= set(card.data.tags)
     assert "## Per epoch" in card.text and 'hf_zpd.load_curriculum("tester/zpd-run-curriculum")' in card.text
+
+
+def test_a_loaded_record_pushes_again(recorded, hub):
+    _, output_dir = recorded
+    record = load_curriculum(str(output_dir))
+    commit = push_curriculum(record, "tester/pushed-again", local_path=str(output_dir / RECORD_NAME))
+    assert load_curriculum(commit.repo_url.repo_id).epochs.keys() == record.epochs.keys()
 
 
 def test_replay_from_a_hub_repo(tokenizer, recorded, hub, tmp_path):
@@ -397,7 +409,7 @@ def test_replay_from_a_hub_repo(tokenizer, recorded, hub, tmp_path):
     trainer.push_curriculum_to_hub("tester/replay-source")
     replay = make_trainer(tokenizer, config(tmp_path, replay_curriculum="tester/replay-source", num_train_epochs=2))
     replay.train()
-    np.testing.assert_array_equal(replay.curriculum.zones[1], trainer.curriculum.zones[1])
+    np.testing.assert_array_equal(replay.curriculum.epochs[2].counts, trainer.curriculum.epochs[2].counts)
 
 
 def test_push_to_hub_pushes_the_curriculum_beside_the_model(tokenizer, hub, tmp_path):
@@ -408,9 +420,10 @@ def test_push_to_hub_pushes_the_curriculum_beside_the_model(tokenizer, hub, tmp_
     trainer.push_to_hub(license="apache-2.0")
     assert trainer.default_curriculum_repo_id() == "tester/tiny-zpd-curriculum"
     record = load_curriculum("tester/tiny-zpd-curriculum")
-    np.testing.assert_array_equal(record.zones[1], trainer.curriculum.zones[1])
+    np.testing.assert_array_equal(record.epochs[2].counts, trainer.curriculum.epochs[2].counts)
     model_card = ModelCard.load("tester/tiny-zpd")
     assert "## ZPD curriculum" in model_card.text and "tester/tiny-zpd-curriculum" in model_card.data.datasets
+    assert {"hf_zpd", "curriculum"} <= set(model_card.data.tags)
     files = huggingface_hub.HfApi().list_repo_files("tester/tiny-zpd")
     assert RECORD_NAME in files and "model.safetensors" in files
 
@@ -421,7 +434,7 @@ def test_push_without_a_token_fails_clearly_and_keeps_the_local_copy(recorded, h
     (output_dir / RECORD_NAME).unlink()
     with pytest.raises(PermissionError, match=r"refused the write \(401\).*saved locally at .*" + RECORD_NAME):
         trainer.push_curriculum_to_hub("tester/no-token-curriculum")
-    assert load_curriculum(str(output_dir)).zones.keys() == {1, 2}
+    assert load_curriculum(str(output_dir)).epochs.keys() == {1, 2, 3}
 
 
 def test_push_to_an_unreachable_hub_fails_clearly_and_keeps_the_local_copy(recorded, monkeypatch, tmp_path):
@@ -430,7 +443,7 @@ def test_push_to_an_unreachable_hub_fails_clearly_and_keeps_the_local_copy(recor
     (output_dir / RECORD_NAME).unlink()
     with pytest.raises(ConnectionError, match=r"Could not push the curriculum .* at http://127\.0\.0\.1:\d+ .*"):
         trainer.push_curriculum_to_hub("tester/unreachable-curriculum")
-    assert load_curriculum(str(output_dir)).zones.keys() == {1, 2}
+    assert load_curriculum(str(output_dir)).epochs.keys() == {1, 2, 3}
 
 
 def test_loading_from_an_unreachable_hub_fails_clearly(monkeypatch, tmp_path):
@@ -447,5 +460,12 @@ def test_loading_a_repo_without_a_record_is_a_clear_error(hub):
         load_curriculum("tester/does-not-exist")
 
 
-def test_package_exports():
-    assert hf_zpd.load_curriculum is load_curriculum and hf_zpd.CurriculumRecord is CurriculumRecord
+def test_the_package_exports_resolve_to_their_modules():
+    """Every public name resolves lazily to the object of the module the export table names, and `dir` lists it."""
+    import importlib
+
+    for name, module in hf_zpd._EXPORTS.items():
+        assert getattr(hf_zpd, name) is getattr(importlib.import_module(f"hf_zpd.{module}"), name), name
+    assert set(hf_zpd.__all__) == set(hf_zpd._EXPORTS) <= set(dir(hf_zpd))
+    with pytest.raises(AttributeError, match="no attribute 'NotAThing'"):
+        hf_zpd.NotAThing  # noqa: B018

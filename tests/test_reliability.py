@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hf_zpd.curriculum import STATE_NAME, CurriculumState
-from hf_zpd.trainer import last_complete_checkpoint
+from hf_zpd.record import RECORD_NAME, CurriculumRecord
+from hf_zpd.state import STATE_NAME, TrainingState, last_complete_checkpoint
 
 TESTS = Path(__file__).resolve().parent
 WORKER = TESTS / "kill_worker.py"
@@ -56,7 +56,8 @@ def run_and_kill(output_dir: Path, *flags: str) -> None:
 
 def assert_every_state_file_is_whole(output_dir: Path) -> None:
     for state_file in output_dir.glob(f"checkpoint-*/{STATE_NAME}"):
-        assert CurriculumState.load(str(state_file.parent), DATASET_SIZE) is not None, state_file
+        assert TrainingState.load(str(state_file.parent), DATASET_SIZE) is not None, state_file
+        assert CurriculumRecord.load(str(state_file.parent / RECORD_NAME)).dataset_size == DATASET_SIZE
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +68,12 @@ def uninterrupted(tmp_path_factory) -> dict:
 def test_same_seed_same_curriculum_and_weights_in_two_fresh_processes(uninterrupted, tmp_path):
     again = run_to_the_end(tmp_path / "again")
     assert again == uninterrupted
-    assert sorted(uninterrupted["zones"]) == ["1", "2"] and uninterrupted["global_step"] == 18
+    assert sorted(uninterrupted["zones"]) == ["2", "3"] and uninterrupted["global_step"] == 18
 
 
 def test_killed_in_the_middle_of_a_scoring_pass(uninterrupted, tmp_path):
     output_dir = tmp_path / "run"
-    run_and_kill(output_dir, "--pause-in-scoring", "2")  # the pass at the end of epoch 1, after checkpoint-12
+    run_and_kill(output_dir, "--pause-in-scoring", "3")  # the pass at the end of epoch 2, after checkpoint-12
     assert_every_state_file_is_whole(output_dir)
     assert last_complete_checkpoint(str(output_dir)).endswith("checkpoint-12")
     resumed = run_to_the_end(output_dir, "--resume")
@@ -81,7 +82,9 @@ def test_killed_in_the_middle_of_a_scoring_pass(uninterrupted, tmp_path):
 
 def test_killed_in_the_middle_of_writing_a_checkpoint(uninterrupted, tmp_path):
     output_dir = tmp_path / "run"
-    run_and_kill(output_dir, "--pause-in-checkpoint", "3")  # checkpoint-12: state and weights written, not the rest
+    run_and_kill(
+        output_dir, "--pause-in-checkpoint", "3"
+    )  # checkpoint-12: curriculum and weights written, not the rest
     assert_every_state_file_is_whole(output_dir)
     incomplete = output_dir / "checkpoint-12"
     assert (incomplete / "model.safetensors").exists() and not (incomplete / "trainer_state.json").exists()

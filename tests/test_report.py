@@ -12,24 +12,26 @@ from matplotlib.image import imread
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
 from hf_zpd import ZPDConfig, ZPDTrainer
+from hf_zpd.epoch_table import MISSING, format_number
 from hf_zpd.record import RECORD_NAME
 from hf_zpd.report import (
     DIFFICULTY_HISTOGRAMS,
+    EPOCH_DRAWS,
     HIT_RATE,
     LEARNING_CURVE,
-    MISSING,
     PLOT_NAMES,
+    PPL_BAND,
     REPORT_DIR_NAME,
     REPORT_NAME,
     ReportError,
-    band_cell,
-    epoch_rows,
-    format_number,
+    epoch_draws_figure,
+    hit_rate_figure,
     load_run,
+    report_figures,
     write_report,
 )
 
-NUM_EPOCHS = 3
+NUM_EPOCHS = 4
 
 
 def run_values(output_dir, **overrides) -> dict:
@@ -59,11 +61,16 @@ def token_accuracy(eval_prediction) -> dict[str, float]:
     return {"token_accuracy": float((predicted[supervised] == targets[supervised]).mean())}
 
 
-def train(tokenizer, output_dir, trainer_class, args) -> None:
+def train(tokenizer, output_dir, trainer_class, args, model_path=None) -> None:
+    model = tiny_gpt2(len(tokenizer))
+    if model_path is not None:
+        model.config._name_or_path = model_path
+    dataset = causal_lm_dataset(tokenizer, 48, prompt_tokens=2)
+    dataset.info.dataset_name = "toy-sentences"
     trainer = trainer_class(
-        model=tiny_gpt2(len(tokenizer)),
+        model=model,
         args=args,
-        train_dataset=causal_lm_dataset(tokenizer, 48, prompt_tokens=2),
+        train_dataset=dataset,
         eval_dataset=causal_lm_dataset(tokenizer, 8, seed=1),
         data_collator=DataCollatorForSeq2Seq(tokenizer),
         compute_metrics=token_accuracy,
@@ -74,11 +81,13 @@ def train(tokenizer, output_dir, trainer_class, args) -> None:
 
 @pytest.fixture(scope="module")
 def zpd_run(tokenizer, tmp_path_factory) -> str:
-    """A finished 3-epoch ZPDTrainer run: trainer_state.json, the record, and a checkpoint per epoch."""
+    """A finished 4-epoch ZPDTrainer run: trainer_state.json, the record, and a checkpoint per epoch."""
     output_dir = tmp_path_factory.mktemp("report") / "zpd"
     # A band around the level (not above it) so that the tiny model's zones hold examples before any widening.
     args = ZPDConfig(**run_values(output_dir, band_lower=0.95, band_upper=1.2, min_zone_fraction=0.1))
-    train(tokenizer, output_dir, ZPDTrainer, args)
+    # A model from the Hugging Face cache: the report names it by its Hub id, not by the cache path.
+    cached = "/home/user/.cache/huggingface/hub/models--someone--tiny-gpt2/snapshots/0123abcd"
+    train(tokenizer, output_dir, ZPDTrainer, args, model_path=cached)
     return str(output_dir)
 
 
@@ -104,21 +113,17 @@ def read_markdown(folder: str) -> str:
         return handle.read()
 
 
-def table_rows(markdown: str) -> dict[int, list[str]]:
-    """The per-epoch table, epoch -> its cells (the first column of that table is a bare integer)."""
+def epoch_table(markdown: str) -> tuple[list[str], dict[int, dict[str, str]]]:
+    """The per-epoch table's header, and epoch -> its cells by column."""
     section = markdown.split("## Epochs", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip().strip("|").split("|")]
     rows = {}
-    for line in section.splitlines():
+    for line in lines[2:]:
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[0].isdigit():
-            rows[int(cells[0])] = cells
-    return rows
-
-
-def header(markdown: str) -> list[str]:
-    section = markdown.split("## Epochs", 1)[1]
-    line = next(line for line in section.splitlines() if line.startswith("| epoch"))
-    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if cells[0].isdigit() and len(cells) == len(header):
+            rows[int(cells[0])] = dict(zip(header, cells, strict=True))
+    return header, rows
 
 
 def assert_no_temporary_files(folder: str) -> None:
@@ -130,6 +135,40 @@ def assert_valid_png(path: str) -> None:
     assert os.path.getsize(path) > 0
     image = imread(path)
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def assert_figure_is_readable(figure) -> None:
+    """Every drawn line and bar lies inside its axes' limits (nothing clipped), and every legend entry names an
+    artist that has data (no entry for an empty series)."""
+    for axes in figure.axes:
+        if not axes.get_visible():
+            continue
+        (x0, x1), (y0, y1) = sorted(axes.get_xlim()), sorted(axes.get_ylim())
+        for line in axes.get_lines():
+            x, y = (np.asarray(v, dtype=float) for v in line.get_data())
+            if x.size == 2 and (x[0] == x[1] or y[0] == y[1]) and line.get_transform() != axes.transData:
+                continue  # an axvline/axhline spans the axes by construction
+            finite = np.isfinite(x) & np.isfinite(y)
+            assert finite.any(), f"{axes.get_title()}: line {line.get_label()!r} has no data"
+            assert (x[finite] >= x0).all() and (x[finite] <= x1).all(), f"{axes.get_title()}: {line.get_label()} x"
+            assert (y[finite] >= y0).all() and (y[finite] <= y1).all(), f"{axes.get_title()}: {line.get_label()} y"
+        for patch in axes.patches:
+            if patch.get_width() == 0 and patch.get_height() == 0:
+                continue
+            box = patch.get_bbox()
+            if patch.get_transform() == axes.transData:
+                assert box.y1 <= y1 * (1 + 1e-9) and box.y0 >= y0 - 1e-9, f"{axes.get_title()}: a bar is clipped"
+        legend = axes.get_legend()
+        if legend is not None:
+            handles, labels = axes.get_legend_handles_labels()
+            assert labels == [text.get_text() for text in legend.get_texts()]
+            for handle, label in zip(handles, labels, strict=True):
+                has_data = (
+                    np.asarray(handle.get_xdata()).size > 0
+                    if hasattr(handle, "get_xdata")
+                    else len(getattr(handle, "patches", [handle])) > 0
+                )
+                assert has_data, f"{axes.get_title()}: legend entry {label!r} has no data"
 
 
 # ---- a finished ZPDTrainer run ----
@@ -144,37 +183,75 @@ def test_every_plot_is_a_valid_image_and_linked(zpd_run, zpd_report):
     assert sorted(os.listdir(zpd_report)) == sorted([*PLOT_NAMES, REPORT_NAME])
 
 
-def test_epoch_table_has_the_logged_values(zpd_run, zpd_report):
-    """One row per trained epoch; each zone's values are those logged when it was chosen (before the epoch)."""
+def test_every_plot_holds_its_data_and_legends_only_name_drawn_series(zpd_run):
+    figures, _ = report_figures(load_run(zpd_run))
+    assert {name for name, (_, figure) in figures.items() if figure is not None} == set(PLOT_NAMES)
+    for name, (_, figure) in figures.items():
+        assert_figure_is_readable(figure), name
+
+
+def test_the_learning_curve_marks_every_epoch_boundary(zpd_run):
+    figures, _ = report_figures(load_run(zpd_run))
+    figure = figures[LEARNING_CURVE][1]
+    ends = {round(e["epoch"]): e["step"] for e in log_history(zpd_run) if "eval_loss" in e}
+    for axes in figure.axes:
+        vertical = sorted(line.get_xdata()[0] for line in axes.get_lines() if line.get_linestyle() == ":")
+        assert vertical == [ends[epoch] for epoch in range(1, NUM_EPOCHS + 1)]
+    labels = [text.get_text() for text in figure.axes[0].texts]
+    assert labels == [f"epoch {epoch}" for epoch in range(1, NUM_EPOCHS + 1)]
+
+
+def test_the_draws_plot_has_no_legend_entry_for_a_part_no_epoch_drew_from():
+    metrics = {2: {"zpd/zone_draws": 30.0, "zpd/fill_draws": 18.0, "zpd/replay_draws": 0.0, "zpd/anneal_draws": 0.0,
+                   "zpd/zone_fraction": 0.2}}  # fmt: skip
+    figure = epoch_draws_figure(metrics)
+    assert figure.axes[0].get_legend_handles_labels()[1] == ["zone", "fill"]
+    assert figure.axes[0].get_ylim()[1] >= 48  # the tallest stack is not clipped
+    assert_figure_is_readable(figure)
+
+
+def test_a_single_hit_rate_goes_into_a_table_not_a_near_empty_figure(tmp_path, tokenizer):
+    assert hit_rate_figure({3: {"zpd/hit_rate": 0.5}}) is None
+    output_dir = tmp_path / "three"
+    args = ZPDConfig(**run_values(output_dir, num_train_epochs=3, band_lower=0.95, band_upper=1.2))
+    train(tokenizer, output_dir, ZPDTrainer, args)
+    folder = write_report(str(output_dir))
+    markdown = read_markdown(folder)
+    assert not os.path.exists(os.path.join(folder, HIT_RATE))
+    entry = next(e for e in log_history(str(output_dir)) if "zpd/hit_rate" in e)
+    assert f"| 3 | {format_number(entry['zpd/hit_rate'], percent=True)} |" in markdown
+
+
+def test_epoch_table_counts_epochs_as_the_trainer_logs_them(zpd_run, zpd_report):
+    """One row per epoch, numbered from 1: epoch e's zone values are those logged when it was planned, and its
+    evaluation is the one the Trainer logs at epoch e."""
     history = log_history(zpd_run)
-    markdown = read_markdown(zpd_report)
-    rows, columns = table_rows(markdown), header(markdown)
-    assert sorted(rows) == list(range(NUM_EPOCHS))
-    assert rows[0][1] == "whole training set"
-    zones = {int(entry["zpd/epoch"]): entry for entry in history if "zpd/epoch" in entry}
-    assert sorted(zones) == [1, 2]
-    for epoch, entry in zones.items():
-        cells = dict(zip(columns, rows[epoch], strict=True))
-        assert cells["trained on"] == "zone"
-        assert cells["scored PPL"] == format_number(entry["zpd/ppl"])
+    header, rows = epoch_table(read_markdown(zpd_report))
+    assert sorted(rows) == list(range(1, NUM_EPOCHS + 1))
+    assert rows[1]["drawn from"] == "whole set (uniform)"
+    planned = {int(e["zpd/epoch"]): e for e in history if "zpd/epoch" in e and not e.get("zpd/uniform")}
+    assert sorted(planned) == [2, 3, 4]
+    for epoch, entry in planned.items():
+        cells = rows[epoch]
+        assert cells["drawn from"] == ("zone + fill" if entry["zpd/fill_draws"] else "zone")
+        assert cells["pool PPL"] == format_number(entry["zpd/ppl"])
         assert cells["level D"] == format_number(entry["zpd/level"])
         assert cells["band"] == f"[{format_number(entry['zpd/band_lower'])}, {format_number(entry['zpd/band_upper'])}]"
-        assert cells["band"] == band_cell(entry)
-        assert cells["zone fraction"] == format_number(entry["zpd/zone_fraction"], percent=True)
-        assert cells["selected"] == format_number(entry["zpd/num_selected"])
-        assert cells["widened"] == format_number(entry["zpd/num_widened"])
-        assert cells["hit rate"] == format_number(entry.get("zpd/hit_rate"), percent=True)
-    # The first zone has no earlier pass to measure progress against; the second has.
-    assert dict(zip(columns, rows[1], strict=True))["hit rate"] == MISSING
-    assert dict(zip(columns, rows[2], strict=True))["hit rate"] != MISSING
-    # The eval after epoch e is the one the Trainer logs at epoch e + 1.
-    evals = {round(entry["epoch"]): entry for entry in history if "eval_loss" in entry}
-    for epoch in range(NUM_EPOCHS):
-        cells = dict(zip(columns, rows[epoch], strict=True))
-        assert cells["eval_loss"] == format_number(evals[epoch + 1]["eval_loss"])
-        assert cells["eval_token_accuracy"] == format_number(evals[epoch + 1]["eval_token_accuracy"])
-    # Speed keys are not model metrics.
-    assert "eval_runtime" not in columns
+        assert cells["in band"] == format_number(entry["zpd/zone_fraction"], percent=True)
+        assert cells["zone"] == format_number(entry["zpd/num_selected"])
+        assert cells["zone draws"] == format_number(entry["zpd/zone_draws"])
+        assert cells["skipped"] == format_number(entry["zpd/num_skipped"])
+    evaluations = {round(e["epoch"]): e for e in history if "eval_loss" in e}
+    for epoch in range(1, NUM_EPOCHS + 1):
+        assert rows[epoch]["loss"] == format_number(evaluations[epoch]["eval_loss"])
+        assert rows[epoch]["token accuracy"] == format_number(evaluations[epoch]["eval_token_accuracy"])
+    assert not any("runtime" in name for name in header)  # speed keys are not model metrics
+
+
+def test_the_report_names_the_model_and_the_data_as_a_user_writes_them(zpd_report):
+    markdown = read_markdown(zpd_report)
+    assert "- Model: `someone/tiny-gpt2`" in markdown and "snapshots" not in markdown.split("## Curriculum")[0]
+    assert "- Training data: `toy-sentences`, 48 examples" in markdown
 
 
 def test_final_evaluation_and_settings(zpd_run, zpd_report):
@@ -184,7 +261,7 @@ def test_final_evaluation_and_settings(zpd_run, zpd_report):
     assert f"| eval_loss | {format_number(last['eval_loss'])} |" in final
     assert f"| eval_token_accuracy | {format_number(last['eval_token_accuracy'])} |" in final
     assert "Training finished" in markdown
-    assert "| band_lower | 0.95 |" in markdown
+    assert "| band_lower | 0.95 |" in markdown and "| composition | zone_and_fill |" in markdown
     assert "| competence_weights | 0.4, 0.35, 0.25 |" in markdown
     assert "No curriculum record" not in markdown
 
@@ -215,28 +292,26 @@ def copy_without_root_state(run_dir: str, target: str, keep_checkpoints: set[str
 
 
 def test_checkpoint_only_run(zpd_run, zpd_report, tmp_path):
-    run_dir = copy_without_root_state(zpd_run, str(tmp_path / "run"), {"checkpoint-6", "checkpoint-18"})
+    run_dir = copy_without_root_state(zpd_run, str(tmp_path / "run"), {"checkpoint-6", "checkpoint-24"})
     folder = write_report(run_dir)
     markdown = read_markdown(folder)
-    assert "checkpoint-18/trainer_state.json" in markdown
-    assert f"checkpoint-18/{RECORD_NAME}" in markdown
+    assert "checkpoint-24/trainer_state.json" in markdown and f"checkpoint-24/{RECORD_NAME}" in markdown
     # The last checkpoint is the end of training: the same epochs and values as the finished run's report.
-    assert table_rows(markdown) == table_rows(read_markdown(zpd_report))
+    assert epoch_table(markdown) == epoch_table(read_markdown(zpd_report))
     for name in PLOT_NAMES:
         assert_valid_png(os.path.join(folder, name))
     assert_no_temporary_files(folder)
 
 
 def test_interrupted_run_after_the_first_epoch(zpd_run, tmp_path):
-    """Killed after epoch 0: the zone of epoch 1 is chosen but not trained, and there is no hit rate yet."""
+    """Killed after the first epoch: the second is planned but not trained, and there is no hit rate yet."""
     run_dir = copy_without_root_state(zpd_run, str(tmp_path / "run"), {"checkpoint-6"})
     folder = write_report(run_dir)
     markdown = read_markdown(folder)
-    rows = table_rows(markdown)
-    assert sorted(rows) == [0, 1]
-    assert rows[1][1] == "zone (chosen, not trained)"
-    assert "did not finish" in markdown
-    assert "No hit rate" in markdown
+    _, rows = epoch_table(markdown)
+    assert sorted(rows) == [1, 2]
+    assert rows[2]["drawn from"].startswith("zone") and rows[2]["loss"] == MISSING
+    assert "did not finish" in markdown and "No hit rate" in markdown
     assert not os.path.exists(os.path.join(folder, HIT_RATE))
     assert_valid_png(os.path.join(folder, DIFFICULTY_HISTOGRAMS))
 
@@ -251,12 +326,12 @@ def test_root_state_falls_back_to_the_checkpoint(zpd_run, zpd_report, tmp_path, 
             text = handle.read()
         with open(path, "w") as handle:
             handle.write(text[: len(text) // 2])
-    else:  # save_state() after epoch 0, then a resumed run went on to checkpoint-18
+    else:  # save_state() after the first epoch, then a resumed run went on to checkpoint-24
         shutil.copy(os.path.join(run_dir, "checkpoint-6", "trainer_state.json"), path)
     markdown = read_markdown(write_report(run_dir))
-    assert "Log history: `checkpoint-18/trainer_state.json`" in markdown
+    assert "Log history: `checkpoint-24/trainer_state.json`" in markdown
     assert ("is unreadable" if problem == "damaged" else "stops at step 6") in markdown
-    assert table_rows(markdown) == table_rows(read_markdown(zpd_report))
+    assert epoch_table(markdown) == epoch_table(read_markdown(zpd_report))
 
 
 # ---- the plain Trainer ----
@@ -268,14 +343,16 @@ def test_plain_trainer_run_has_a_learning_curve_and_says_there_is_no_record(zpd_
     assert "No curriculum record" in markdown
     assert sorted(os.listdir(folder)) == sorted([LEARNING_CURVE, REPORT_NAME])
     assert_valid_png(os.path.join(folder, LEARNING_CURVE))
-    rows = table_rows(markdown)
-    assert sorted(rows) == [0, 1]
-    assert all(cells[1] == "whole training set" for cells in rows.values())
+    _, rows = epoch_table(markdown)
+    assert sorted(rows) == [1, 2] and all(cells["drawn from"] == "whole set (uniform)" for cells in rows.values())
     # Reporting into a folder that held a ZPD report removes the zone plots this run has no data for.
     target = str(tmp_path / "shared")
     shutil.copytree(zpd_report, target)
     write_report(plain_run, target)
     assert sorted(os.listdir(target)) == sorted([LEARNING_CURVE, REPORT_NAME])
+    assert_figure_is_readable(report_figures(load_run(plain_run))[0][LEARNING_CURVE][1])
+    assert report_figures(load_run(plain_run))[0][PPL_BAND][1] is None
+    assert report_figures(load_run(plain_run))[0][EPOCH_DRAWS][1] is None
 
 
 # ---- errors ----
@@ -304,38 +381,6 @@ def test_damaged_record_names_the_file(zpd_run, tmp_path):
     with pytest.raises(ReportError, match=RECORD_NAME) as error:
         write_report(run_dir)
     assert run_dir in str(error.value)
-
-
-# ---- the rules behind the table, on hand-written logs ----
-
-
-def write_state(folder, log_history: list[dict], **state) -> None:
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "trainer_state.json"), "w") as handle:
-        json.dump({"log_history": log_history, **state}, handle)
-
-
-def test_eval_by_steps_takes_the_evaluation_nearest_each_epoch_end(tmp_path):
-    history = [
-        {"eval_loss": 3.0, "epoch": 0.5, "step": 3},
-        {"eval_loss": 2.0, "epoch": 1.0, "step": 6},
-        {"eval_loss": 1.8, "epoch": 1.3, "step": 8},
-        {"eval_loss": 1.5, "epoch": 1.7, "step": 10},
-        # A second eval dataset logs its own entry at the same step: merged into one evaluation.
-        {"eval_other_loss": 9.0, "epoch": 1.7, "step": 10},
-        {"loss": 1.0, "epoch": 1.8, "step": 11},
-    ]
-    write_state(tmp_path, history, global_step=11, max_steps=18, epoch=1.8)
-    run = load_run(tmp_path)
-    rows = epoch_rows(run)
-    assert [row.epoch for row in rows] == [0, 1]
-    # 0.5 and 1.3 also round to the end of epoch 0, but 1.0 is nearest to it.
-    assert rows[0].evaluation["eval_loss"] == 2.0
-    # A run stopped mid-epoch: its last evaluation (rounding to the end of the epoch) stands in, with its epoch.
-    assert rows[1].evaluation == {"eval_loss": 1.5, "eval_other_loss": 9.0, "epoch": 1.7, "step": 10}
-    assert rows[1].trained_on == "whole training set (stopped at epoch 1.80)"
-    markdown = read_markdown(write_report(tmp_path))
-    assert "| 1.5 (at epoch 1.70) | 9 (at epoch 1.70) |" in markdown
 
 
 def test_format_number():

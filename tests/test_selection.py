@@ -1,4 +1,4 @@
-"""The epoch composition (`hf_zpd.selection`) against a naive reference written from METHOD.md's rules."""
+"""The epoch composition (`hf_zpd.selection`) against a naive reference written from the method's rules."""
 
 import math
 
@@ -19,7 +19,7 @@ from hf_zpd.selection import (
 )
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The naive reference: loops over examples, following METHOD.md ("How the zone becomes an epoch")
+# The naive reference: loops over examples, following the README's "How the zone becomes an epoch"
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -257,7 +257,7 @@ def test_another_seed_or_epoch_draws_differently():
 
 
 def test_one_repeat_with_an_epoch_as_large_as_the_pool_is_uniform():
-    """METHOD.md's identity: N = pool and k = 1 draws every example once."""
+    """The method's identity: N = pool and k = 1 draws every example once."""
     log_d, _, labels = pool("bimodal", 90)
     drawable = np.ones(90, dtype=bool)
     for balance in (False, True):

@@ -227,7 +227,7 @@ def test_all_positions_ignored_gives_all_nan():
 )
 @pytest.mark.parametrize("vocab_size", [2, 10], ids=["V2", "V10"])
 def test_method_worked_values(probability, expected_loss, vocab_size):
-    """METHOD.md: a true-token probability of 0.9 / 0.4 / 0.1 gives a loss of 0.105 / 0.916 / 2.303."""
+    """The method's worked values: a true-token probability of 0.9 / 0.4 / 0.1 gives a loss of 0.105 / 0.916 / 2.303."""
     rest = (1 - probability) / (vocab_size - 1)
     probabilities = torch.tensor([[probability] + [rest] * (vocab_size - 1)], dtype=torch.float64)
     stats = per_example_statistics(torch.log(probabilities), torch.tensor([0]))

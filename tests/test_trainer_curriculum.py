@@ -131,7 +131,7 @@ def test_epoch_fraction_fixes_every_epoch_length(tokenizer, tmp_path, epoch_frac
 
 
 def reference_zone(loss: np.ndarray, vocab_size: int, min_size: int, lower=1.1, upper=1.3) -> tuple[list[int], float]:
-    """METHOD.md's loss-only rule (A1) written out: d_i = PPL_i = exp(l_i) with l_i capped at log V, the level
+    """The method's loss-only rule (A1) written out: d_i = PPL_i = exp(l_i) with l_i capped at log V, the level
     D = exp(mean_i log d_i) over the scored examples, the zone lower * D <= d_i <= upper * D, widened to the `min_size`
     examples nearest to it in log-difficulty (ties to the lower index)."""
     log_v = math.log(vocab_size)
@@ -147,7 +147,7 @@ def reference_zone(loss: np.ndarray, vocab_size: int, min_size: int, lower=1.1, 
 
 
 def test_zones_follow_the_method_rule(tokenizer, tmp_path):
-    """Each epoch's zone is METHOD.md's band rule on the scores behind it, re-derived here from the formulas."""
+    """Each epoch's zone is the method's band rule on the scores behind it, re-derived here from the formulas."""
     args = config(
         tmp_path, difficulty_mode="loss", min_zone_fraction=0.1, learnability_guard=False, anneal_fraction=0.0
     )

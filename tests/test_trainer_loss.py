@@ -1,4 +1,4 @@
-"""`ZPDTrainer.compute_loss` returns exactly the plain Trainer's loss, and records the METHOD.md statistics."""
+"""`ZPDTrainer.compute_loss` returns exactly the plain Trainer's loss, and records the method's statistics."""
 
 import copy
 import math
@@ -94,7 +94,7 @@ def reference_statistics(logits, labels):
 
 @pytest.mark.parametrize("name", ["gpt2", "bert", "t5"])
 def test_training_statistics_match_reference(name, tokenizer, tmp_path):
-    """The statistics recorded during training are METHOD.md's, from the same forward as the loss."""
+    """The statistics recorded during training are the method's, from the same forward as the loss."""
     model, dataset, collator = family(name, tokenizer)
     model.eval()  # no dropout, so a second forward gives the same logits
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
@@ -201,7 +201,7 @@ def test_fused_training_run_follows_the_standard_run(tokenizer, tmp_path):
         trainer.train()
         runs[fused] = trainer
     standard, fused = runs[False], runs[True]
-    assert standard.curriculum.zones.keys() == fused.curriculum.zones.keys() == {1, 2}
+    assert standard.curriculum.zones.keys() == fused.curriculum.zones.keys() == {2, 3}
     for epoch, zone in standard.curriculum.zones.items():
         assert zone.tolist() == fused.curriculum.zones[epoch].tolist()
     for (name, left), right in zip(
