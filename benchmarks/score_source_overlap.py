@@ -17,13 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import TrainerCallback, set_seed
 from transformers.utils import logging as transformers_logging
 
 from hf_zpd import ZPDConfig, ZPDTrainer
-from hf_zpd.selection import compose_epoch
 from hf_zpd.data import (
     TWEET_LABELS,
     data_collator_for,
@@ -32,6 +30,7 @@ from hf_zpd.data import (
     load_splits,
     prepare_splits,
 )
+from hf_zpd.selection import compose_epoch
 
 HERE = Path(__file__).resolve().parent
 

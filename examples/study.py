@@ -116,7 +116,7 @@ add_pilot_arms()
 # ---- data ----
 
 
-def tweet_task(seed: int, train_size: int, eval_size: int, max_length: int, noisy: bool):
+def tweet_task(seed: int, train_size: int, eval_size: int, max_length: int, noisy: bool, model_path=None):
     """Tokenised train/eval tweets of the seed's shuffle, and (noisy) which training labels were flipped."""
     import datasets
 
@@ -131,7 +131,7 @@ def tweet_task(seed: int, train_size: int, eval_size: int, max_length: int, nois
         flipped[rng.choice(train_size, size=round(NOISE_FRACTION * train_size), replace=False)] = True
         # Each flipped label becomes one of the two other classes, uniformly.
         labels[flipped] = (labels[flipped] + rng.integers(1, 3, size=flipped.sum())) % 3
-    model, tokenizer = load_model_and_tokenizer(default_model_path(), "classification", list(TWEET_LABELS))
+    model, tokenizer = load_model_and_tokenizer(model_path or default_model_path(), "classification", list(TWEET_LABELS))
 
     def encode(texts, values):
         data = datasets.Dataset.from_dict({"text": texts, "label": [int(v) for v in values]})
@@ -257,8 +257,9 @@ def run_one(task: str, arm: Arm, seed: int, learning_rate: float, options) -> di
     classification = task != "austen"
     if classification:
         model, tokenizer, train, evaluation, labels, flipped = tweet_task(
-            seed, options.train_size, options.eval_size, options.max_length, noisy=task == "tweets_noisy"
-        )
+            seed, options.train_size, options.eval_size, options.max_length, task == "tweets_noisy",
+            options.model_name_or_path,
+        )  # fmt: skip
         collator = DataCollatorWithPadding(tokenizer)
     else:
         model, tokenizer, train, evaluation = austen_task(
@@ -437,17 +438,20 @@ def run_study(options) -> None:
     arms = [name for arm in options.arms for name in (pilot_arm_names() if arm == "pilot" else [arm])]
     done = {(r["arm"], r["seed"], r["learning_rate"]) for r in read_runs(path)}
     rates = options.learning_rates if task != "austen" else options.lm_learning_rates
-    for seed in options.seeds:
-        for rate in rates if "uniform" in arms else []:
-            if ("uniform", seed, rate) not in done:
-                print(f"[study] {task} uniform seed {seed} lr {rate}", flush=True)
-                append_run(path, run_one(task, ARMS["uniform"], seed, rate, options))
+    sweep_seeds = options.seeds if options.sweep_seeds is None else options.sweep_seeds
+    if "uniform" in arms:  # the learning-rate sweep of the baseline, on the sweep seeds
+        for seed in sweep_seeds:
+            for rate in rates:
+                if ("uniform", seed, rate) not in done:
+                    print(f"[study] {task} uniform seed {seed} lr {rate}", flush=True)
+                    append_run(path, run_one(task, ARMS["uniform"], seed, rate, options))
     rate = options.arm_learning_rate or tuned_rate(read_runs(path), task)
     if rate is None:
         raise SystemExit("No uniform run to take the tuned learning rate from: run the 'uniform' arm first.")
+    done = {(r["arm"], r["seed"], r["learning_rate"]) for r in read_runs(path)}
     for seed in options.seeds:
         for name in arms:
-            if name == "uniform" or (name, seed, rate) in done:
+            if (name, seed, rate) in done:
                 continue
             print(f"[study] {task} {name} seed {seed} lr {rate}", flush=True)
             append_run(path, run_one(task, ARMS[name], seed, rate, options))
@@ -464,6 +468,9 @@ def main(argv=None) -> int:
                         "zpd_composite", "random_loss", "random_composite", "uniform_60", "zpd_loss_60",
                         "zpd_composite_60", "random_loss_60", "random_composite_60"])  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--sweep_seeds", nargs="+", type=int, default=None,
+                        help="Seeds of the baseline's learning-rate sweep (default: every seed).")  # fmt: skip
+    parser.add_argument("--model_name_or_path", default=None, help="Classification model folder (default MiniLM).")
     parser.add_argument("--learning_rates", nargs="+", type=float, default=[1e-4, 2e-4, 4e-4])
     parser.add_argument("--lm_learning_rates", nargs="+", type=float, default=[5e-4, 1e-3, 2e-3])
     parser.add_argument("--arm_learning_rate", type=float, default=None, help="Override the tuned rate.")

@@ -21,6 +21,17 @@ DIFFICULTY_MODES = ("composite", "loss")
 SCORE_SOURCES = ("scoring_pass", "training_pass")
 
 
+def _flag(default, help: str, choices=None):
+    """A dataclass field that `HfArgumentParser` makes a documented flag (with its choices, when it has some)."""
+    metadata = {"help": help} if choices is None else {"help": help, "choices": list(choices)}
+    return field(default=default, metadata=metadata)
+
+
+def _config_docstring(intro: str) -> str:
+    """A config class's docstring: its own intro, then the curriculum fields' documentation of [`ZPDArguments`]."""
+    return f"\n    {intro}\n" + ZPDArguments.__doc__.split("\n", 3)[3]
+
+
 @dataclass
 class ZPDArguments:
     r"""
@@ -119,136 +130,78 @@ class ZPDArguments:
     replay_curriculum (`str` or `None`, *optional*, defaults to `None`):
         Train by following a saved curriculum exactly, with no scoring pass: a record file (`.parquet`), a folder
         holding `zpd_curriculum.parquet` (a run's `output_dir` or a checkpoint), or a Hub dataset repo id pushed with
-        [`ZPDTrainer.push_curriculum_to_hub`]. Every epoch draws from the recorded zone, so on the same training set
-        and with the same `seed` (or `data_seed`), `epoch_fraction`, `replay_fraction` and `score_before_training`
-        the run makes the same draws as the recorded one; a different training set (size or ids) or any of those
-        settings changed is refused at train start. The band settings are then unused.
+        [`ZPDTrainer.push_curriculum_to_hub`]. Every epoch draws the recorded counts, so on the same training set and
+        with the same `seed` (or `data_seed`) and `epoch_fraction` the run makes the same draws as the recorded one; a
+        different training set (size or ids), seed or epoch length is refused at train start. The band and
+        composition settings are then unused.
     """
 
-    band_lower: float = field(
-        default=1.1,
-        metadata={"help": "Lower edge of the zone relative to the model's level D (zone: lower*D <= d_i <= upper*D)."},
+    band_lower: float = _flag(
+        1.1, "Lower edge of the zone relative to the model's level D (lower*D <= d_i <= upper*D)."
     )
-    band_upper: float = field(
-        default=1.3, metadata={"help": "Upper edge of the zone relative to the model's level D."}
-    )
-    difficulty_mode: str = field(
-        default="composite",
-        metadata={
-            "help": "'composite': difficulty from the competence (loss, confidence, entropy); "
-            "'loss': from the loss alone (ablation A1).",
-            "choices": list(DIFFICULTY_MODES),
-        },
+    band_upper: float = _flag(1.3, "Upper edge of the zone relative to the model's level D.")
+    difficulty_mode: str = _flag(
+        "composite", "'composite': difficulty from the competence; 'loss': the loss alone (A1).", DIFFICULTY_MODES
     )
     competence_weights: list[float] = field(
         default_factory=lambda: list(COMPOSITE_WEIGHTS),
         metadata={"help": "Weights (loss, confidence, entropy) of the composite competence; non-negative, sum 1."},
     )
-    composition: str = field(
-        default="zone_and_fill",
-        metadata={
-            "help": "'zone_and_fill': zone examples up to zone_repeats times, the rest filled nearest the band; "
-            "'zone_only': the seed's literal rule (the whole epoch cycles through the zone).",
-            "choices": list(COMPOSITIONS),
-        },
+    composition: str = _flag(
+        "zone_and_fill",
+        "'zone_and_fill': zone examples up to zone_repeats times, the rest filled nearest the band; 'zone_only': the "
+        "seed's literal rule (the whole epoch cycles through the zone).",
+        COMPOSITIONS,
     )
-    zone_repeats: int = field(
-        default=2, metadata={"help": "k: the most times a zone example is drawn in one epoch (zone_and_fill)."}
+    zone_repeats: int = _flag(2, "k: the most times a zone example is drawn in one epoch (zone_and_fill).")
+    fill: str = _flag(
+        "nearest", "How the rest of the epoch is drawn: nearest the band first, weighted, uniform.", FILL_RULES
     )
-    fill: str = field(
-        default="nearest",
-        metadata={
-            "help": "How the rest of the epoch is drawn from outside the zone: nearest to the band first, "
-            "distance-weighted, or uniform.",
-            "choices": list(FILL_RULES),
-        },
+    fill_temperature: float = _flag(0.25, "Temperature of the weighted fill, in log-difficulty (nats).")
+    class_balance: bool = _flag(
+        True, "Classification: band per class, each class's epoch share kept at its pool share."
     )
-    fill_temperature: float = field(
-        default=0.25, metadata={"help": "Temperature of the weighted fill, in log-difficulty (nats)."}
+    learnability_guard: bool = _flag(
+        True, "Examples trained on whose loss did not fall between two passes are out of reach (last in the fill)."
     )
-    class_balance: bool = field(
-        default=True,
-        metadata={"help": "Classification: band per class, and each class's epoch share kept at its pool share."},
+    anneal_fraction: float = _flag(0.125, "The last share of all training samples is drawn uniformly, in [0, 1).")
+    min_zone_fraction: float = _flag(
+        0.05, "Smallest zone as a fraction of the pool (per class), never below one global batch; widened if smaller."
     )
-    learnability_guard: bool = field(
-        default=True,
-        metadata={
-            "help": "Examples trained on whose loss did not fall between two scoring passes (and not below the "
-            "level) are out of reach: never in the zone, last in the fill."
-        },
+    replay_fraction: float = _flag(
+        0.0, "Share of each zone epoch drawn uniformly from the whole training set, in [0, 1)."
     )
-    anneal_fraction: float = field(
-        default=0.125,
-        metadata={"help": "The last share of all training samples is drawn uniformly, in [0, 1)."},
+    epoch_fraction: float = _flag(
+        1.0, "Every epoch draws ceil(len(train_dataset) * epoch_fraction) samples, in (0, 1]."
     )
-    min_zone_fraction: float = field(
-        default=0.05,
-        metadata={
-            "help": "Smallest zone as a fraction of the scored pool, never below one global batch; "
-            "a smaller zone is widened to the nearest examples (logged)."
-        },
+    scoring_pool_size: int | None = _flag(
+        None, "Score a random pool of this many training examples, not the whole set."
     )
-    replay_fraction: float = field(
-        default=0.0,
-        metadata={"help": "Share of each zone epoch drawn uniformly from the whole training set, in [0, 1)."},
+    rescore_every: int = _flag(1, "Run the scoring pass every this many epochs (epochs in between recompose).")
+    score_before_training: bool = _flag(False, "Score before the first epoch, so that it is drawn around a zone.")
+    score_source: str = _flag(
+        "scoring_pass",
+        "'scoring_pass': score the pool in eval mode at each boundary; 'training_pass': re-use the training passes' "
+        "statistics (no extra pass, up to one epoch stale).",
+        SCORE_SOURCES,
     )
-    epoch_fraction: float = field(
-        default=1.0,
-        metadata={"help": "Every epoch draws ceil(len(train_dataset) * epoch_fraction) samples, in (0, 1]."},
+    scoring_batch_size: int | None = _flag(
+        None, "Per-device batch size of the scoring pass (default: the eval batch)."
     )
-    scoring_pool_size: int | None = field(
-        default=None,
-        metadata={"help": "Score a random pool of this many training examples instead of the whole set."},
+    statistics_chunk_size: int = _flag(128, "Supervised positions projected to fp32 at once for the statistics.")
+    label_alignment: str = _flag(
+        "auto",
+        "How logits line up with labels: 'auto' (from the model), 'shifted' (causal LM), 'aligned'.",
+        LABEL_ALIGNMENTS,
     )
-    rescore_every: int = field(
-        default=1, metadata={"help": "Run the scoring pass every this many epochs (epochs in between re-draw)."}
+    fused_cross_entropy: bool = _flag(
+        False, "Causal LMs: loss and statistics chunk by chunk from the hidden states, never the full logits."
     )
-    score_before_training: bool = field(
-        default=False,
-        metadata={"help": "Score the pool before the first epoch, so that epoch 0 already trains in the zone."},
-    )
-    score_source: str = field(
-        default="scoring_pass",
-        metadata={
-            "help": "'scoring_pass': score the pool in eval mode at each boundary; 'training_pass': re-use the "
-            "training forward passes' statistics (no extra pass, up to one epoch stale).",
-            "choices": list(SCORE_SOURCES),
-        },
-    )
-    scoring_batch_size: int | None = field(
-        default=None,
-        metadata={"help": "Per-device batch size of the scoring pass (default: per_device_eval_batch_size)."},
-    )
-    statistics_chunk_size: int = field(
-        default=128,
-        metadata={"help": "Supervised positions projected to fp32 at once for the per-example statistics."},
-    )
-    label_alignment: str = field(
-        default="auto",
-        metadata={
-            "help": "How logits line up with labels: 'auto' (decided from the model), 'shifted' (causal LM) or "
-            "'aligned'.",
-            "choices": list(LABEL_ALIGNMENTS),
-        },
-    )
-    fused_cross_entropy: bool = field(
-        default=False,
-        metadata={
-            "help": "Causal LMs only: compute the training loss and statistics chunk by chunk from the hidden states, "
-            "never materialising the full logits (Liger-style fused linear cross-entropy)."
-        },
-    )
-    running_ppl_decay: float = field(
-        default=0.9,
-        metadata={"help": "Decay of the moving average of training losses behind zpd/running_ppl, in [0, 1)."},
-    )
-    replay_curriculum: str | None = field(
-        default=None,
-        metadata={
-            "help": "Follow a saved curriculum exactly, with no scoring pass: a record file, a folder holding "
-            "zpd_curriculum.parquet, or a Hub dataset repo id. The training set, seed, epoch_fraction, "
-            "replay_fraction and score_before_training must match the record's."
-        },
+    running_ppl_decay: float = _flag(0.9, "Decay of the moving average behind zpd/running_ppl, in [0, 1).")
+    replay_curriculum: str | None = _flag(
+        None,
+        "Follow a saved curriculum exactly, with no scoring pass: a record file, a folder holding "
+        "zpd_curriculum.parquet, or a Hub dataset repo id. The training set, seed and epoch_fraction must match.",
     )
 
     _argument_group_name = "the ZPD curriculum (ZPDConfig's own fields)"
@@ -265,12 +218,16 @@ class ZPDArguments:
                 f"must be greater than band_lower={self.band_lower}, got {self.band_upper}",
                 "The defaults are band_lower=1.1, band_upper=1.3.",
             )
-        if self.difficulty_mode not in DIFFICULTY_MODES:
-            fail("difficulty_mode", f"got {self.difficulty_mode!r}", f"Use one of {DIFFICULTY_MODES}.")
-        if self.composition not in COMPOSITIONS:
-            fail("composition", f"got {self.composition!r}", f"Use one of {COMPOSITIONS}.")
-        if self.fill not in FILL_RULES:
-            fail("fill", f"got {self.fill!r}", f"Use one of {FILL_RULES}.")
+        choices = {
+            "difficulty_mode": DIFFICULTY_MODES,
+            "composition": COMPOSITIONS,
+            "fill": FILL_RULES,
+            "label_alignment": LABEL_ALIGNMENTS,
+            "score_source": SCORE_SOURCES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                fail(name, f"got {getattr(self, name)!r}", f"Use one of {allowed}.")
         if isinstance(self.zone_repeats, bool) or not isinstance(self.zone_repeats, int) or self.zone_repeats < 1:
             fail("zone_repeats", f"must be an integer of at least 1, got {self.zone_repeats!r}", "The default is 2.")
         if not (math.isfinite(self.fill_temperature) and self.fill_temperature > 0):
@@ -281,10 +238,6 @@ class ZPDArguments:
                 f"must be in [0, 1), got {self.anneal_fraction}",
                 "0 turns annealing off; 1.0 would draw all of training uniformly: use the plain Trainer for that.",
             )
-        if self.label_alignment not in LABEL_ALIGNMENTS:
-            fail("label_alignment", f"got {self.label_alignment!r}", f"Use one of {LABEL_ALIGNMENTS}.")
-        if self.score_source not in SCORE_SOURCES:
-            fail("score_source", f"got {self.score_source!r}", f"Use one of {SCORE_SOURCES}.")
         weights = list(self.competence_weights)
         if len(weights) != 3:
             fail(
@@ -363,10 +316,9 @@ class ZPDArguments:
 
 @dataclass
 class ZPDConfig(ZPDArguments, TrainingArguments):
-    __doc__ = (
-        "\n    Configuration for [`ZPDTrainer`]: every [`~transformers.TrainingArguments`] field, plus the ZPD curriculum's"
-        "\n    fields below (those of [`ZPDArguments`])."
-        "\n" + ZPDArguments.__doc__.split("\n", 3)[3]
+    __doc__ = _config_docstring(
+        "Configuration for [`ZPDTrainer`]: every [`~transformers.TrainingArguments`] field, plus the ZPD curriculum's\n"
+        "    fields below (those of [`ZPDArguments`])."
     )
 
     _argument_group_name = "TrainingArguments and the ZPD curriculum (ZPDConfig)"

@@ -395,14 +395,8 @@ class CurriculumRecord:
                 bands={int(label): (float(a), float(b), float(c)) for label, a, b, c in entry["bands"]},
                 metrics=dict(entry["metrics"]),
             )
-        return cls(
-            settings=settings,
-            epochs=dict(sorted(epochs.items())),
-            history=history,
-            labels=labels,
-            source=source,
-            **_example_ids(table, metadata, index, size),
-        )
+        record = cls(settings, dict(sorted(epochs.items())), history, labels, source=source)
+        return record._with_example_ids(table, metadata, index)
 
     @classmethod
     def _from_legacy_arrow(cls, table: pa.Table, metadata: dict[str, Any], source: str) -> CurriculumRecord:
@@ -438,14 +432,19 @@ class CurriculumRecord:
                 bands=bands,
                 metrics=metrics,
             )
-        return cls(
-            settings=settings,
-            epochs=dict(sorted(epochs.items())),
-            history=history,
-            source=source,
-            format_version=LEGACY_FORMAT_VERSION,
-            **_example_ids(table, metadata, index, size),
+        record = cls(
+            settings, dict(sorted(epochs.items())), history, source=source, format_version=LEGACY_FORMAT_VERSION
         )
+        return record._with_example_ids(table, metadata, index)
+
+    def _with_example_ids(self, table: pa.Table, metadata: dict[str, Any], index: np.ndarray) -> CurriculumRecord:
+        """The record with the example ids of its rows (from the `example_id` column), when it stored any."""
+        id_column = metadata.get("id_column")
+        if id_column is not None and "example_id" in table.column_names:
+            self.example_ids = np.full(self.dataset_size, None, dtype=object)
+            self.example_ids[index] = table.column("example_id").to_pylist()
+            self.id_column = id_column
+        return self
 
     # ---- replay ----
 
@@ -633,15 +632,6 @@ def _history_from_rows(column, epoch: np.ndarray, index: np.ndarray, size: int, 
         history.tables[boundary] = scores
     history.tables = dict(sorted(history.tables.items()))
     return history
-
-
-def _example_ids(table: pa.Table, metadata: dict[str, Any], index: np.ndarray, size: int) -> dict[str, Any]:
-    id_column = metadata.get("id_column")
-    if id_column is None or "example_id" not in table.column_names:
-        return {"example_ids": None, "id_column": None}
-    example_ids = np.full(size, None, dtype=object)
-    example_ids[index] = table.column("example_id").to_pylist()
-    return {"example_ids": example_ids, "id_column": id_column}
 
 
 def _nullable_int(values: np.ndarray) -> pa.Array:

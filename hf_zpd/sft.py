@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .alignment import base_model
-from .config import ZPDArguments
+from .config import ZPDArguments, _config_docstring
 from .fused import fused_linear_cross_entropy, logit_transform_fields
 from .statistics import IGNORE_INDEX, ExampleStatistics
 from .trainer import ZPDTrainerMixin
@@ -41,10 +41,9 @@ except ImportError as error:  # the optional extra
 
 @dataclass
 class ZPDSFTConfig(ZPDArguments, SFTConfig):
-    __doc__ = (
-        "\n    Configuration for [`ZPDSFTTrainer`]: every field of TRL's `SFTConfig`, plus the ZPD curriculum's fields"
-        "\n    below (those of [`ZPDArguments`]). `packing` and `padding_free` must stay `False`."
-        "\n" + ZPDArguments.__doc__.split("\n", 3)[3]
+    __doc__ = _config_docstring(
+        "Configuration for [`ZPDSFTTrainer`]: every field of TRL's `SFTConfig`, plus the ZPD curriculum's fields\n"
+        "    below (those of [`ZPDArguments`]). `packing` and `padding_free` must stay `False`."
     )
 
     def __post_init__(self):

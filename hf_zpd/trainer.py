@@ -794,18 +794,22 @@ class ZPDTrainerMixin:
         return self._statistics_from_outputs(model, outputs, labels)
 
     def _score_pool(self, boundary: int) -> tuple[ScoreTable, float]:
-        loader = self._zpd_loader
-        pool = self._pool_indices(boundary)
+        return self._run_scoring_pass(self.model_wrapped, self._zpd_loader, self._pool_indices(boundary))
+
+    def _run_scoring_pass(self, model, loader, indices: np.ndarray) -> tuple[ScoreTable, float]:
+        """The scoring pass over `indices` of `loader`'s dataset, in length-grouped batches of `scoring_batch_size`."""
+        lengths = (
+            self._example_lengths(loader.dataset) if loader is self._zpd_loader else self._lengths_of(loader.dataset)
+        )
         batch_size = self.args.scoring_batch_size or self.args.per_device_eval_batch_size
-        batches = length_grouped_batches(pool, self._example_lengths(loader.dataset), batch_size)
         return run_scoring_pass(
-            model=self.model_wrapped,
+            model=model,
             dataset=loader.dataset,
-            batches=batches,
+            batches=length_grouped_batches(indices, lengths, batch_size),
             collate_fn=loader.collate_fn,
             forward_statistics=self._forward_statistics,
             accelerator=self.accelerator,
-            num_examples=len(self.train_dataset),
+            num_examples=len(loader.dataset),
             num_workers=self.args.dataloader_num_workers,
             show_progress=not self.args.disable_tqdm,
         )
@@ -865,18 +869,7 @@ class ZPDTrainerMixin:
         model = self._model_for_inference()
         if self._zpd_alignment is None:
             self._preflight(model, loader)
-        batch_size = self.args.scoring_batch_size or self.args.per_device_eval_batch_size
-        table, _ = run_scoring_pass(
-            model=model,
-            dataset=loader.dataset,
-            batches=length_grouped_batches(np.arange(len(dataset)), self._lengths_of(loader.dataset), batch_size),
-            collate_fn=loader.collate_fn,
-            forward_statistics=self._forward_statistics,
-            accelerator=self.accelerator,
-            num_examples=len(dataset),
-            num_workers=self.args.dataloader_num_workers,
-            show_progress=not self.args.disable_tqdm,
-        )
+        table, _ = self._run_scoring_pass(model, loader, np.arange(len(dataset), dtype=np.int64))
         example_competence = table.competence(self.args.effective_competence_weights)
         columns = {"zpd_example_index": np.arange(len(dataset), dtype=np.int64)}
         column = detect_id_column(dataset, id_column)

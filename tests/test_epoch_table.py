@@ -53,7 +53,7 @@ def test_text_and_markdown_show_the_same_cells():
     assert lines[0].startswith("| epoch | drawn from | pool PPL | level D | band | in band |")
     assert lines[0].endswith("| loss | accuracy |")
     assert (
-        lines[3] == f"| 2 | zone + fill | 2.5 | 2.4 | [2.64, 3.12] | 25.0% | 10 | 0 | 20 | 12 | 8 | 3 | 0.9 | 0.625 |"
+        lines[3] == "| 2 | zone + fill | 2.5 | 2.4 | [2.64, 3.12] | 25.0% | 10 | 0 | 20 | 12 | 8 | 3 | 0.9 | 0.625 |"
     )
     assert lines[2].split(" | ")[2] == MISSING  # the uniform epoch has no pool PPL
     text_lines = text.splitlines()

@@ -14,8 +14,8 @@ from hf_zpd.selection import (
     compose_epoch,
     fill_order,
     guard_flags,
-    update_out_of_reach,
     uniform_plan,
+    update_out_of_reach,
 )
 
 # ----------------------------------------------------------------------------------------------------------------------

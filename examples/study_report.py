@@ -1,0 +1,302 @@
+"""Renders the study (`examples/study.py`) from its runs: `study.md`, `study.csv` and the plots, per task and overall.
+
+    .venv/bin/python examples/study.py --report        # reads <output_dir>/<task>/runs.jsonl for every task
+
+Every number comes from the runs files; nothing is typed in. Means and standard deviations are over seeds (the
+sample standard deviation, ddof=1). "Steps to target" is the first evaluation at which a run reaches the tuned
+uniform Trainer's final metric (mean over seeds); seconds are training seconds up to it, evaluation excluded and
+scoring passes included, on the shared 2-core machine the runs were made on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections import defaultdict
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from hf_zpd._io import atomic_write_bytes
+
+TASK_TITLES = {
+    "tweets": "Tweets, clean labels (all-MiniLM-L6-v2, 640 train / 400 eval, 3 epochs)",
+    "tweets_noisy": "Tweets, 20% of the training labels flipped (evaluation labels clean)",
+    "austen": "Causal LM: SmolLM2-135M + LoRA on Jane Austen passages (eval perplexity)",
+}
+ARM_ORDER = [
+    "uniform", "literal_loss", "literal_composite", "zpd_loss", "zpd_composite", "random_loss", "random_composite",
+    "uniform_60", "zpd_loss_60", "zpd_composite_60", "random_loss_60", "random_composite_60",
+]  # fmt: skip
+ARM_LABELS = {
+    "uniform": "uniform Trainer (tuned lr)",
+    "literal_loss": "seed's rule, loss (A1)",
+    "literal_composite": "seed's rule, composite",
+    "zpd_loss": "default composition, loss (A1)",
+    "zpd_composite": "default composition, composite",
+    "random_loss": "random control (loss arm's composition)",
+    "random_composite": "random control (composite arm's composition)",
+    "uniform_60": "uniform Trainer, 60% of the steps",
+    "zpd_loss_60": "default composition, loss, 60%",
+    "zpd_composite_60": "default composition, composite, 60%",
+    "random_loss_60": "random control, loss, 60%",
+    "random_composite_60": "random control, composite, 60%",
+}
+COLOURS = {"uniform": "black", "literal": "tab:red", "zpd": "tab:blue", "random": "tab:orange"}
+
+
+def read_runs(path: str) -> list[dict]:
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def metric_name(task: str) -> str:
+    return "eval_ppl" if task == "austen" else "eval_accuracy"
+
+
+def better(task: str, a: float, b: float) -> bool:
+    """a at least as good as b."""
+    return a <= b if task == "austen" else a >= b
+
+
+def mean_std(values) -> tuple[float, float]:
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
+
+
+def fmt(value, digits=4) -> str:
+    return "—" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
+
+
+def sweep(runs: list[dict], task: str):
+    """Learning rate -> final metrics of the uniform arm per seed; and the tuned rate (best mean)."""
+    by_rate = defaultdict(dict)
+    for run in runs:
+        if run["arm"] == "uniform":
+            by_rate[run["learning_rate"]][run["seed"]] = run["evaluations"][-1][metric_name(task)]
+    sign = -1 if task == "austen" else 1
+    tuned = max(by_rate, key=lambda rate: sign * np.mean(list(by_rate[rate].values())))
+    return dict(sorted(by_rate.items())), tuned
+
+
+def arm_runs(runs: list[dict], tuned: float) -> dict[str, list[dict]]:
+    arms = defaultdict(list)
+    for run in runs:
+        if run["learning_rate"] == tuned:
+            arms[run["arm"]].append(run)
+    return {arm: sorted(found, key=lambda r: r["seed"]) for arm, found in arms.items()}
+
+
+def first_reaching(run: dict, task: str, target: float):
+    for point in run["evaluations"]:
+        if better(task, point[metric_name(task)], target):
+            return point["step"], point["train_seconds"]
+    return None, None
+
+
+def per_epoch_means(runs: list[dict], task: str) -> list[float]:
+    """The mean metric of the evaluation nearest each epoch end."""
+    name = metric_name(task)
+    epochs = sorted({round(p["epoch"]) for r in runs for p in r["evaluations"] if abs(p["epoch"] - round(p["epoch"])) < 0.05})
+    values = []
+    for epoch in epochs:
+        points = [min(r["evaluations"], key=lambda p: abs(p["epoch"] - epoch))[name] for r in runs]
+        values.append(float(np.mean(points)))
+    return values
+
+
+def task_report(task: str, runs: list[dict], default_mode: str) -> tuple[list[str], list[dict], dict, Figure]:
+    name = metric_name(task)
+    by_rate, tuned = sweep(runs, task)
+    arms = arm_runs(runs, tuned)
+    uniform_final = [r["evaluations"][-1][name] for r in arms["uniform"]]
+    target, spread = mean_std(uniform_final)
+    lines = [f"## {TASK_TITLES.get(task, task)}", ""]
+    lines += ["Learning-rate sweep of the uniform Trainer (final " + name.removeprefix("eval_") + " per seed):", ""]
+    lines += ["| lr | per seed | mean ± std | tuned |", "|---|---|---|---|"]
+    for rate, finals in by_rate.items():
+        mean, std = mean_std(list(finals.values()))
+        per_seed = " / ".join(f"{finals[s]:.4f} (s{s})" for s in sorted(finals))
+        lines.append(f"| {rate:g} | {per_seed} | {mean:.4f} ± {std:.4f} | {'yes' if rate == tuned else ''} |")
+    lines += ["", f"Every other arm uses the tuned rate {tuned:g}. Target: the tuned uniform's final "
+              f"{name.removeprefix('eval_')}, {target:.4f} (seed spread {spread:.4f}).", ""]  # fmt: skip
+    header = ["arm", "seeds", "final (mean ± std)", "per seed", "per epoch (mean)", "steps", "samples",
+              "steps to target", "seconds to target", "train s", "scoring s"]  # fmt: skip
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows, summary = [], {}
+    for arm in [a for a in ARM_ORDER if a in arms] + sorted(set(arms) - set(ARM_ORDER)):
+        found = arms[arm]
+        finals = [r["evaluations"][-1][name] for r in found]
+        mean, std = mean_std(finals)
+        reach = [first_reaching(r, task, target) for r in found]
+        steps_to = [s for s, _ in reach if s is not None]
+        seconds_to = [t for s, t in reach if s is not None]
+        batch = 16 if task != "austen" else 8
+        samples = int(np.mean([r["steps"] for r in found])) * batch
+        train_seconds = np.mean([r["evaluations"][-1]["train_seconds"] for r in found])
+        scoring = np.mean([r.get("scoring_seconds", 0.0) for r in found])
+        summary[arm] = {"mean": mean, "std": std, "finals": finals, "steps": found[0]["steps"], "reached": len(steps_to),
+                        "steps_to": float(np.mean(steps_to)) if steps_to else None, "seeds": len(found)}  # fmt: skip
+        lines.append(
+            f"| {ARM_LABELS.get(arm, arm)} | {len(found)} | {mean:.4f} ± {std:.4f} | "
+            f"{' / '.join(f'{v:.4f}' for v in finals)} | {' / '.join(f'{v:.3f}' for v in per_epoch_means(found, task))} | "
+            f"{found[0]['steps']} | {samples} | "
+            f"{fmt(np.mean(steps_to), 0) if steps_to else 'not reached'} ({len(steps_to)}/{len(found)}) | "
+            f"{fmt(np.mean(seconds_to), 0) if seconds_to else '—'} | {train_seconds:.0f} | {scoring:.1f} |"
+        )
+        for run in found:
+            for point in run["evaluations"]:
+                rows.append({"task": task, "arm": arm, "seed": run["seed"], "learning_rate": run["learning_rate"],
+                             "step": point["step"], "epoch": round(point["epoch"], 4), name: point[name],
+                             "train_seconds": round(point["train_seconds"], 2)})  # fmt: skip
+    lines.append("")
+    lines += zone_section(task, arms)
+    lines += verdicts(task, summary, target, spread, default_mode)
+    return lines, rows, summary, curves_figure(task, arms, target)
+
+
+def zone_section(task: str, arms: dict[str, list[dict]]) -> list[str]:
+    lines = ["What the curriculum arms drew, per epoch (mean over seeds): zone size, examples skipped, out of reach"]
+    noisy = task == "tweets_noisy"
+    classes = task != "austen"
+    if classes:
+        lines[0] += "; class shares of the zone (negative / neutral / positive; the pool is about 40 / 38 / 22%)"
+    if noisy:
+        lines[0] += "; share of flipped labels in the zone, among skipped examples, out of reach, and among all draws "
+        lines[0] += "(the pool holds 20%)"
+    lines += [":", ""]
+    header = ["arm", "epoch", "zone", "skipped", "out of reach"] + (["zone classes"] if classes else [])
+    if noisy:
+        header += ["flipped: zone", "skipped", "out of reach", "draws"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for arm in [a for a in ARM_ORDER if a in arms and a not in ("uniform", "uniform_60")]:
+        epochs = defaultdict(list)
+        for run in arms[arm]:
+            for entry in run.get("epochs", []):
+                if not entry["uniform"]:
+                    epochs[entry["epoch"]].append(entry)
+        for epoch, entries in sorted(epochs.items()):
+            def avg(key):
+                values = [e[key] for e in entries if e.get(key) is not None]
+                return float(np.mean(values)) if values else None
+
+            cells = [ARM_LABELS.get(arm, arm), str(epoch), fmt(avg("zone_size"), 0), fmt(avg("num_skipped"), 0),
+                     fmt(avg("num_out_of_reach"), 0)]  # fmt: skip
+            if classes:
+                shares = np.mean([np.asarray(e["zone_classes"]) / max(sum(e["zone_classes"]), 1) for e in entries], 0)
+                cells.append(" / ".join(f"{100 * s:.0f}%" for s in shares))
+            if noisy:
+                for key in ("flipped_share_zone", "flipped_share_skipped", "flipped_share_out_of_reach",
+                            "flipped_draw_share"):  # fmt: skip
+                    value = avg(key)
+                    cells.append("—" if value is None else f"{100 * value:.0f}%")
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def verdicts(task: str, summary: dict, target: float, spread: float, default_mode: str) -> list[str]:
+    """The issue's targets, checked against the numbers above, met or missed, with the margin."""
+    default, random, reduced = f"zpd_{default_mode}", f"random_{default_mode}", f"zpd_{default_mode}_60"
+    lines = [f"Targets (the default is `{default}`):", ""]
+    if default not in summary:
+        return lines + [f"- the default arm `{default}` has no runs for this task.", ""]
+    ours = summary[default]
+    gap = ours["mean"] - target
+    if task == "tweets":
+        met = gap >= -spread
+        lines.append(f"- never below the tuned uniform by more than the seed spread: {'met' if met else 'MISSED'} "
+                     f"({100 * gap:+.2f} points; spread {100 * spread:.2f}).")  # fmt: skip
+        if reduced in summary and f"random_{default_mode}_60" in summary:
+            r60, ours60 = summary[f"random_{default_mode}_60"], summary[reduced]
+            beats = ours60["mean"] > r60["mean"]
+            close = abs(ours60["mean"] - target) <= spread
+            lines.append(f"- at 60% of the samples, beats the random control at 60%: {'met' if beats else 'MISSED'} "
+                         f"({100 * (ours60['mean'] - r60['mean']):+.2f} points); within noise of full uniform: "
+                         f"{'met' if close else 'MISSED'} ({100 * (ours60['mean'] - target):+.2f} points, spread "
+                         f"{100 * spread:.2f}).")  # fmt: skip
+    elif task == "tweets_noisy":
+        met = gap >= 0.02
+        lines.append(f"- beats the tuned uniform by at least 2 points: {'met' if met else 'MISSED'} "
+                     f"({100 * gap:+.2f} points; spread {100 * spread:.2f}).")  # fmt: skip
+    else:
+        at_or_below = ours["mean"] <= target
+        reached = ours["steps_to"]
+        fraction = reached / summary["uniform"]["steps"] if reached is not None else None
+        lines.append(f"- eval perplexity at equal steps at or below uniform's: {'met' if at_or_below else 'MISSED'} "
+                     f"({ours['mean']:.3f} against {target:.3f}); or uniform's final perplexity in at most 0.7 of its "
+                     f"steps: {'met' if fraction is not None and fraction <= 0.7 else 'MISSED'} "
+                     f"({'not reached' if fraction is None else f'{fraction:.2f} of the steps'}, "
+                     f"{ours['reached']}/{ours['seeds']} seeds).")  # fmt: skip
+    if random in summary:
+        lines.append(f"- against the random control drawn with the same composition: "
+                     f"{100 * (ours['mean'] - summary[random]['mean']) if task != 'austen' else ours['mean'] - summary[random]['mean']:+.2f}"
+                     f"{' points' if task != 'austen' else ' perplexity'} (the detector's own contribution).")  # fmt: skip
+    return lines + [""]
+
+
+def curves_figure(task: str, arms: dict[str, list[dict]], target: float) -> Figure:
+    name = metric_name(task)
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    full, reduced = figure.subplots(1, 2, sharey=True)
+    for axes, suffix in ((full, ""), (reduced, "_60")):
+        for arm, found in arms.items():
+            if arm.endswith("_60") != bool(suffix):
+                continue
+            steps = sorted({p["step"] for r in found for p in r["evaluations"]})
+            matrix = np.array([[next(p[name] for p in r["evaluations"] if p["step"] == s) for s in steps]
+                               for r in found if len(r["evaluations"]) == len(steps)])  # fmt: skip
+            if matrix.size == 0:
+                continue
+            colour = COLOURS[arm.split("_")[0]]
+            style = "--" if "composite" in arm else "-"
+            mean = matrix.mean(0)
+            axes.plot(steps, mean, style, color=colour, marker="o", markersize=3, label=ARM_LABELS.get(arm, arm))
+            if len(matrix) > 1:
+                std = matrix.std(0, ddof=1)
+                axes.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.08)
+        axes.axhline(target, color="grey", linewidth=0.8, linestyle=":")
+        axes.set_xlabel("optimizer step")
+        axes.set_title("full compute" if not suffix else "60% of the samples")
+        axes.grid(alpha=0.3)
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(fontsize="x-small")
+    full.set_ylabel(name.removeprefix("eval_") + " (mean over seeds, band: ± std; dotted: tuned uniform's final)")
+    figure.suptitle(TASK_TITLES.get(task, task), fontsize="medium")
+    return figure
+
+
+def png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def write_report(output_dir: str) -> str:
+    from hf_zpd.config import ZPDArguments
+
+    default_mode = ZPDArguments().difficulty_mode
+    lines = ["# The study behind hf_zpd's default epoch composition", ""]
+    command = os.path.join(output_dir, "command.txt")
+    if os.path.isfile(command):
+        lines += ["Commands (from the repository root):", "", "```bash", open(command).read().strip(), "```", ""]
+    lines += [__doc__.split("\n\n", 2)[2].strip(), ""]
+    all_rows = []
+    for task in TASK_TITLES:
+        path = os.path.join(output_dir, task, "runs.jsonl")
+        if not os.path.isfile(path):
+            continue
+        task_lines, rows, _, figure = task_report(task, read_runs(path), default_mode)
+        atomic_write_bytes(os.path.join(output_dir, f"{task}.png"), png(figure))
+        lines += task_lines + [f"![{task}]({task}.png)", ""]
+        all_rows += rows
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=sorted({k for row in all_rows for k in row}))
+    writer.writeheader()
+    writer.writerows(all_rows)
+    atomic_write_bytes(os.path.join(output_dir, "study.csv"), buffer.getvalue().encode())
+    report = os.path.join(output_dir, "study.md")
+    atomic_write_bytes(report, "\n".join(lines).encode())
+    return report
