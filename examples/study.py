@@ -198,9 +198,8 @@ def austen_task(seed: int, train_size: int, eval_size: int, max_length: int, aus
     order = np.random.default_rng([seed, 30]).permutation(len(passages))
     chosen = [passages[i] for i in order[: train_size + eval_size]]
     encoded = tokenizer(chosen, truncation=True, max_length=max_length)
-    rows = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-    rows["labels"] = [list(ids) for ids in encoded["input_ids"]]
-    data = datasets.Dataset.from_dict(rows)
+    # No labels column: DataCollatorForLanguageModeling(mlm=False) makes them from the padded inputs (-100 on padding).
+    data = datasets.Dataset.from_dict({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(folder)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],

@@ -291,8 +291,8 @@ def learning_curve_figure(log_history: Sequence[dict[str, Any]]) -> Figure | Non
     # The epochs' names at the top, between their boundaries.
     start = 0.0
     for epoch, step in boundaries:
-        loss_axes.annotate(f"epoch {epoch}", xy=((start + step) / 2, 1.0), xycoords=("data", "axes fraction"),
-                           ha="center", va="bottom", fontsize="x-small")  # fmt: skip
+        loss_axes.annotate(f"epoch {epoch}", xy=((start + step) / 2, 0.99), xycoords=("data", "axes fraction"),
+                           ha="center", va="top", fontsize="x-small", color="dimgray")  # fmt: skip
         start = step
     axes[-1].set_xlabel("step")
     return figure
@@ -406,7 +406,7 @@ def difficulty_histograms_figure(record: CurriculumRecord, epochs: Sequence[int]
                       label=[p[1] for p in parts])  # fmt: skip
             difficulty_axis(axes, low, high)
             if len(edges) == 2:
-                axes.axvspan(lower, upper, color="tab:green", alpha=0.2, label="band (pooled)")
+                axes.axvspan(lower, upper, color="tab:green", alpha=0.2, label="band (pooled)", zorder=0)
             if is_finite_number(level):
                 axes.axvline(level, color="black", linestyle="--", linewidth=1, label="level D")
         scored_at = record.epochs[epoch].scored_at

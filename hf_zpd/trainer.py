@@ -218,8 +218,9 @@ class ZPDTrainerMixin:
     def get_train_dataloader(self):
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
-        # Same as `Trainer.get_train_dataloader` (transformers 5.24, private `_get_dataloader`), on the training set
-        # with its index column added, and a collator that carries the index through the user's.
+        # Same as `Trainer.get_train_dataloader` (checked against transformers 5.24: private `_get_dataloader` and
+        # `_train_batch_size`), on the training set with its index column added, and a collator that carries the
+        # index through the user's.
         with self._index_keeping_collator():
             loader = self._get_dataloader(
                 dataset=self._indexed_train_dataset(),
@@ -350,6 +351,7 @@ class ZPDTrainerMixin:
         dataset = loader.dataset
         features = [dataset[i] for i in range(min(_PREFLIGHT_EXAMPLES, len(dataset)))]
         with preserved_rng_and_mode(model), torch.inference_mode():
+            # Private Trainer method (transformers 5.24): device placement, as for a training batch.
             batch = self._prepare_inputs(loader.collate_fn(features))
             batch.pop(INDEX_COLUMN, None)
             labels = self._labels_of(batch)
@@ -365,16 +367,12 @@ class ZPDTrainerMixin:
                     "each example on its own row; use a padding collator (e.g. DataCollatorWithPadding, or "
                     "padding_free=False / packing=False)."
                 )
-            outputs = self._probe_forward(model, batch)
+            outputs = model(**batch)  # with its labels and no num_items_in_batch: the model's own mean loss
             logits = self._logits_of(model, outputs)
             loss = outputs.get("loss") if isinstance(outputs, Mapping) else None
             model_loss = float(loss) if loss is not None and loss.numel() == 1 else None
             self._zpd_alignment = decide_alignment(model, logits, labels, model_loss, self.args.label_alignment)
         logger.info(f"ZPDTrainer: {model_class_name(model)} logits are read {self._zpd_alignment} to the labels.")
-
-    def _probe_forward(self, model, batch: dict[str, Any]):
-        """The model's plain forward on a batch with its labels (its own loss, no `num_items_in_batch`)."""
-        return model(**batch)
 
     def _reset_training_accumulators(self) -> None:
         device = self.args.device
@@ -862,7 +860,9 @@ class ZPDTrainerMixin:
         dataset = dataset if dataset is not None else self.train_dataset
         if dataset is None:
             raise ValueError("score_dataset needs a dataset: pass one, or give the trainer a train_dataset.")
-        with self._index_keeping_collator():
+        with (
+            self._index_keeping_collator()
+        ):  # `_get_dataloader`: private, transformers 5.24 (see get_train_dataloader)
             loader = self._get_dataloader(
                 dataset=with_index_column(dataset), description="Scoring", batch_size=1, sampler_fn=None
             )
@@ -898,6 +898,7 @@ class ZPDTrainerMixin:
                 scores = self._training_pass_scores
                 self._zpd_state.training_pass_scores = (scores.table, scores.step)
             if self.args.should_save:
+                # The folder `Trainer._save_checkpoint` writes to (transformers 5.24, private `_get_output_dir`).
                 folder = os.path.join(
                     self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
                 )
