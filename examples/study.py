@@ -131,7 +131,9 @@ def tweet_task(seed: int, train_size: int, eval_size: int, max_length: int, nois
         flipped[rng.choice(train_size, size=round(NOISE_FRACTION * train_size), replace=False)] = True
         # Each flipped label becomes one of the two other classes, uniformly.
         labels[flipped] = (labels[flipped] + rng.integers(1, 3, size=flipped.sum())) % 3
-    model, tokenizer = load_model_and_tokenizer(model_path or default_model_path(), "classification", list(TWEET_LABELS))
+    model, tokenizer = load_model_and_tokenizer(
+        model_path or default_model_path(), "classification", list(TWEET_LABELS)
+    )
 
     def encode(texts, values):
         data = datasets.Dataset.from_dict({"text": texts, "label": [int(v) for v in values]})

@@ -27,6 +27,7 @@ TASK_TITLES = {
     "tweets_noisy": "Tweets, 20% of the training labels flipped (evaluation labels clean)",
     "austen": "Causal LM: SmolLM2-135M + LoRA on Jane Austen passages (eval perplexity)",
 }
+SHORT_TITLES = {"tweets": "tweets, clean", "tweets_noisy": "tweets, 20% labels flipped", "austen": "causal LM, Austen"}
 ARM_ORDER = [
     "uniform", "literal_loss", "literal_composite", "zpd_loss", "zpd_composite", "random_loss", "random_composite",
     "uniform_60", "zpd_loss_60", "zpd_composite_60", "random_loss_60", "random_composite_60",
@@ -100,7 +101,9 @@ def first_reaching(run: dict, task: str, target: float):
 def per_epoch_means(runs: list[dict], task: str) -> list[float]:
     """The mean metric of the evaluation nearest each epoch end."""
     name = metric_name(task)
-    epochs = sorted({round(p["epoch"]) for r in runs for p in r["evaluations"] if abs(p["epoch"] - round(p["epoch"])) < 0.05})
+    epochs = sorted(
+        {round(p["epoch"]) for r in runs for p in r["evaluations"] if abs(p["epoch"] - round(p["epoch"])) < 0.05}
+    )
     values = []
     for epoch in epochs:
         points = [min(r["evaluations"], key=lambda p: abs(p["epoch"] - epoch))[name] for r in runs]
@@ -123,7 +126,7 @@ def task_report(task: str, runs: list[dict], default_mode: str) -> tuple[list[st
         lines.append(f"| {rate:g} | {per_seed} | {mean:.4f} ± {std:.4f} | {'yes' if rate == tuned else ''} |")
     lines += ["", f"Every other arm uses the tuned rate {tuned:g}. Target: the tuned uniform's final "
               f"{name.removeprefix('eval_')}, {target:.4f} (seed spread {spread:.4f}).", ""]  # fmt: skip
-    header = ["arm", "seeds", "final (mean ± std)", "per seed", "per epoch (mean)", "steps", "samples",
+    header = ["arm", "seeds", "final (mean ± std)", "per seed", "at each epoch end evaluated (mean)", "steps", "samples",
               "steps to target", "seconds to target", "train s", "scoring s"]  # fmt: skip
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows, summary = [], {}
@@ -167,7 +170,8 @@ def zone_section(task: str, arms: dict[str, list[dict]]) -> list[str]:
     if noisy:
         lines[0] += "; share of flipped labels in the zone, among skipped examples, out of reach, and among all draws "
         lines[0] += "(the pool holds 20%)"
-    lines += [":", ""]
+    lines[0] += ":"
+    lines.append("")
     header = ["arm", "epoch", "zone", "skipped", "out of reach"] + (["zone classes"] if classes else [])
     if noisy:
         header += ["flipped: zone", "skipped", "out of reach", "draws"]
@@ -179,7 +183,8 @@ def zone_section(task: str, arms: dict[str, list[dict]]) -> list[str]:
                 if not entry["uniform"]:
                     epochs[entry["epoch"]].append(entry)
         for epoch, entries in sorted(epochs.items()):
-            def avg(key):
+
+            def avg(key, entries=entries):
                 values = [e[key] for e in entries if e.get(key) is not None]
                 return float(np.mean(values)) if values else None
 
@@ -263,8 +268,34 @@ def curves_figure(task: str, arms: dict[str, list[dict]], target: float) -> Figu
         axes.grid(alpha=0.3)
         if axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize="x-small")
-    full.set_ylabel(name.removeprefix("eval_") + " (mean over seeds, band: ± std; dotted: tuned uniform's final)")
-    figure.suptitle(TASK_TITLES.get(task, task), fontsize="medium")
+    full.set_ylabel("eval " + name.removeprefix("eval_"))
+    figure.suptitle(
+        f"{TASK_TITLES.get(task, task)}\nmean over seeds; shaded: ± 1 std; dotted: the tuned uniform's final value",
+        fontsize="medium",
+    )
+    return figure
+
+
+def summary_figure(summaries: dict[str, dict]) -> Figure:
+    """Per task, every arm's final metric (mean over seeds, bars: ± 1 std), the tuned uniform's as a line."""
+    figure = Figure(figsize=(5.2 * len(summaries), 4.8), layout="constrained")
+    panels = figure.subplots(1, len(summaries), squeeze=False)[0]
+    for axes, (task, summary) in zip(panels, summaries.items(), strict=True):
+        arms = [a for a in ARM_ORDER if a in summary]
+        means = [summary[a]["mean"] for a in arms]
+        stds = [summary[a]["std"] for a in arms]
+        colours = [COLOURS[a.split("_")[0]] for a in arms]
+        axes.barh(range(len(arms)), means, xerr=stds, color=colours, alpha=0.75, capsize=3)
+        axes.set_yticks(range(len(arms)), [ARM_LABELS.get(a, a) for a in arms], fontsize="small")
+        axes.invert_yaxis()
+        axes.axvline(summary["uniform"]["mean"], color="black", linestyle=":", linewidth=1)
+        low = min(m - d for m, d in zip(means, stds, strict=True))
+        high = max(m + d for m, d in zip(means, stds, strict=True))
+        axes.set_xlim(low - 0.1 * (high - low), high + 0.1 * (high - low))
+        axes.set_xlabel(("eval perplexity (lower is better)" if task == "austen" else "eval accuracy") + ", final")
+        axes.set_title(SHORT_TITLES.get(task, task), fontsize="medium")
+        axes.grid(axis="x", alpha=0.3)
+    figure.suptitle("Final metric per arm, mean over seeds (bars: ± 1 std; dotted: the tuned uniform Trainer)")
     return figure
 
 
@@ -283,15 +314,19 @@ def write_report(output_dir: str) -> str:
     if os.path.isfile(command):
         lines += ["Commands (from the repository root):", "", "```bash", open(command).read().strip(), "```", ""]
     lines += [__doc__.split("\n\n", 2)[2].strip(), ""]
-    all_rows = []
+    all_rows, summaries, sections = [], {}, []
     for task in TASK_TITLES:
         path = os.path.join(output_dir, task, "runs.jsonl")
         if not os.path.isfile(path):
             continue
-        task_lines, rows, _, figure = task_report(task, read_runs(path), default_mode)
+        task_lines, rows, summaries[task], figure = task_report(task, read_runs(path), default_mode)
         atomic_write_bytes(os.path.join(output_dir, f"{task}.png"), png(figure))
-        lines += task_lines + [f"![{task}]({task}.png)", ""]
+        sections += task_lines + [f"![{task}]({task}.png)", ""]
         all_rows += rows
+    if summaries:
+        atomic_write_bytes(os.path.join(output_dir, "summary.png"), png(summary_figure(summaries)))
+        lines += ["![final metric per arm](summary.png)", ""]
+    lines += sections
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=sorted({k for row in all_rows for k in row}))
     writer.writeheader()

@@ -1,7 +1,7 @@
 """hf_zpd: a Zone-of-Proximal-Development curriculum for the Hugging Face Trainer.
 
-Swap `Trainer` for `ZPDTrainer`; every epoch after the first then trains on the examples the model is about to
-learn. See METHOD in the README for the formulas.
+Swap `Trainer` for `ZPDTrainer` (or TRL's `SFTTrainer` for `ZPDSFTTrainer`); every epoch after the first is then
+drawn around the examples the model is about to learn. The README's "How it works" has the formulas and the rules.
 """
 
 import importlib

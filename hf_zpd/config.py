@@ -95,18 +95,21 @@ class ZPDArguments:
     > Scoring pass
 
     scoring_pool_size (`int` or `None`, *optional*, defaults to `None`):
-        Score a random pool of this many training examples at each scoring pass instead of the whole set.
+        Score a random pool of this many training examples at each scoring pass instead of the whole set. The zone and
+        the fill come from the scored pool only (`replay_fraction` and annealing draw from the whole set), so a pool
+        smaller than the epoch is drawn several times in it: keep the pool at least as large as `epoch_fraction` of
+        the set, or add replay.
     rescore_every (`int`, *optional*, defaults to `1`):
-        Run the scoring pass every this many epochs; epochs in between re-draw from the latest zone.
+        Run the scoring pass every this many epochs; epochs in between recompose from the latest scores.
     score_before_training (`bool`, *optional*, defaults to `False`):
-        Score the pool before the first epoch, so that epoch 0 already trains in the zone (useful when fine-tuning a
-        pretrained model). Otherwise epoch 0 draws from the whole set.
+        Score the pool before the first epoch, so that the first epoch is already drawn around a zone (useful when
+        fine-tuning a pretrained model with its own head, e.g. a causal LM). Otherwise the first epoch draws uniformly.
     score_source (`str`, *optional*, defaults to `"scoring_pass"`):
         Where the scores behind each zone come from. `"scoring_pass"` runs a forward pass over the pool in eval mode
         at each scoring boundary. `"training_pass"` re-uses the statistics that the training forward passes computed
         since the last zone (train mode, so with dropout; taken during the epoch, so up to one epoch stale), and runs
         no extra pass; examples not drawn since keep their latest score. A pass still runs when there is nothing to
-        re-use (before the first epoch with `score_before_training`).
+        re-use: before the first epoch, for `score_before_training` and for the learnability guard's baseline.
     scoring_batch_size (`int` or `None`, *optional*, defaults to `None`):
         Per-device batch size of the scoring pass; defaults to `per_device_eval_batch_size`.
     statistics_chunk_size (`int`, *optional*, defaults to `128`):
