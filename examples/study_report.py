@@ -73,13 +73,18 @@ def fmt(value, digits=4) -> str:
 
 
 def sweep(runs: list[dict], task: str):
-    """Learning rate -> final metrics of the uniform arm per seed; and the tuned rate (best mean)."""
+    """Learning rate -> final metrics of the uniform arm per seed; and the tuned rate.
+
+    The tuned rate has the best mean over the sweep's seeds, those run at every swept rate: once the tuned rate
+    has more seeds than the others, a mean over all of its seeds would compare different seed sets.
+    """
     by_rate = defaultdict(dict)
     for run in runs:
         if run["arm"] == "uniform":
             by_rate[run["learning_rate"]][run["seed"]] = run["evaluations"][-1][metric_name(task)]
+    sweep_seeds = set.intersection(*(set(seeds) for seeds in by_rate.values()))
     sign = -1 if task == "austen" else 1
-    tuned = max(by_rate, key=lambda rate: sign * np.mean(list(by_rate[rate].values())))
+    tuned = max(by_rate, key=lambda rate: sign * np.mean([by_rate[rate][seed] for seed in sweep_seeds]))
     return dict(sorted(by_rate.items())), tuned
 
 

@@ -23,6 +23,22 @@ def load(name: str):
     return module
 
 
+def fake_uniform_run(seed: int, rate: float, ppl: float) -> dict:
+    return {"task": "austen", "arm": "uniform", "seed": seed, "learning_rate": rate,
+            "evaluations": [{"step": 72, "eval_ppl": ppl}]}  # fmt: skip
+
+
+def test_tuned_rate_compares_rates_on_the_seeds_every_rate_ran():
+    study = load("study")
+    # Seed 0 swept both rates; 4e-3 won there. Seeds 1 and 2 (worse draws) then ran at 4e-3 only: a mean over
+    # every seed would make 2e-3, with its one lucky seed, look better.
+    runs = [fake_uniform_run(0, 2e-3, 42.9), fake_uniform_run(0, 4e-3, 42.7),
+            fake_uniform_run(1, 4e-3, 43.9), fake_uniform_run(2, 4e-3, 45.0)]  # fmt: skip
+    assert study.tuned_rate(runs, "austen") == 4e-3
+    assert study.tuned_rate([fake_uniform_run(0, 2e-3, 42.9), fake_uniform_run(0, 4e-3, 43.1)], "austen") == 2e-3
+    assert study.tuned_rate([], "austen") is None
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["tweets", "tweets_noisy"])
 def test_the_study_runs_every_arm_and_reports_the_targets(task, tmp_path, tokenizer):
@@ -51,7 +67,10 @@ def test_the_study_runs_every_arm_and_reports_the_targets(task, tmp_path, tokeni
     for key in ("zone_size", "num_skipped", "num_out_of_reach", "zone_draws", "fill_draws"):
         assert ours[key] == control[key], key
     if task == "tweets_noisy":
-        assert ours["flipped_share_drawn"] is not None and by_arm["zpd_loss"]["epochs"][0]["flipped_draw_share"] == 10 / 48
+        assert (
+            ours["flipped_share_drawn"] is not None
+            and by_arm["zpd_loss"]["epochs"][0]["flipped_draw_share"] == 10 / 48
+        )
     # Rerunning skips every run already in runs.jsonl.
     assert study.main([*common, "--arms", *arms]) == 0
     assert len(study.read_runs(str(output_dir / task / "runs.jsonl"))) == len(runs)
