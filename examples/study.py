@@ -459,7 +459,7 @@ def main(argv=None) -> int:
                         help="Seeds of the baseline's learning-rate sweep (default: every seed).")  # fmt: skip
     parser.add_argument("--model_name_or_path", default=None, help="Classification model folder (default MiniLM).")
     parser.add_argument("--learning_rates", nargs="+", type=float, default=[1e-4, 2e-4, 4e-4])
-    parser.add_argument("--lm_learning_rates", nargs="+", type=float, default=[5e-4, 1e-3, 2e-3, 4e-3])
+    parser.add_argument("--lm_learning_rates", nargs="+", type=float, default=[5e-4, 1e-3, 2e-3, 4e-3, 8e-3])
     parser.add_argument("--arm_learning_rate", type=float, default=None, help="Override the tuned rate.")
     parser.add_argument("--train_size", type=int, default=640)
     parser.add_argument("--eval_size", type=int, default=400)

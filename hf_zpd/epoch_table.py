@@ -36,7 +36,8 @@ LEGEND = (
     "model's level and the zone's edges on the difficulty scale (band_lower x D, band_upper x D; with class balance, "
     "over the whole pool for reference); in band: share of the pool inside the band; zone: examples the epoch was "
     "drawn around (after widening); zone / fill draws: samples from the zone and from outside it; skipped: pool "
-    "examples the epoch did not draw; out of reach: examples the learnability guard excluded."
+    "examples the epoch did not draw; out of reach: examples the learnability guard excluded; + anneal: the epoch "
+    "ends with samples drawn uniformly from the whole set (its samples beyond the zone and fill draws)."
 )
 
 
@@ -132,6 +133,8 @@ def drawn_from(metrics: dict[str, float]) -> str:
     source = "zone + fill" if metrics.get("zpd/fill_draws", 0) > 0 else "zone"
     if metrics.get("zpd/replay_draws", 0) > 0:
         source += " + replay"
+    if metrics.get("zpd/anneal_draws", 0) > 0:
+        source += " + anneal"
     if metrics.get("zpd/rescored") == 0:
         source += " (latest scores)"
     return source

@@ -329,28 +329,39 @@ def ppl_band_figure(metrics: dict[int, dict[str, float]]) -> Figure | None:
 
 
 def epoch_draws_figure(metrics: dict[int, dict[str, float]]) -> Figure | None:
-    """Per epoch, its samples stacked by where they were drawn (zone, fill, replay, anneal), and the share of the
-    pool inside the band; `None` without a composed epoch."""
+    """Per epoch, its samples stacked by where they were drawn (zone, fill, replay, anneal; an epoch drawn
+    uniformly is one bar of the whole set), and the share of the pool inside the band; `None` without a composed
+    epoch."""
     composed = {e: v for e, v in metrics.items() if "zpd/zone_draws" in v}
     if not composed:
         return None
-    epochs = np.array(sorted(composed), dtype=np.float64)
+    uniform = sorted(e for e, v in metrics.items() if v.get("zpd/uniform") and e not in composed)
+    epochs = np.array(sorted([*composed, *uniform]), dtype=np.float64)
     figure = Figure(figsize=(8, 6), layout="constrained")
     top, bottom = figure.subplots(2, 1, sharex=True)
     stacked = np.zeros(epochs.size)
     for key, label, colour in _DRAW_PARTS:
-        values = np.array([composed[int(e)].get(key, 0.0) for e in epochs])
+        values = np.array([composed[int(e)].get(key, 0.0) if int(e) in composed else 0.0 for e in epochs])
         if values.any():  # no legend entry (and no bar) for a part no epoch drew from
             top.bar(epochs, values, bottom=stacked, width=0.6, color=colour, label=label)
             stacked += values
-    top.set_ylim(0, stacked.max() * 1.12 if stacked.max() > 0 else 1)
+    if uniform:
+        # Every epoch has the same number of samples, so a uniform epoch's bar is as tall as a composed one's.
+        samples = max(sum(v.get(key, 0.0) for key, _, _ in _DRAW_PARTS) for v in composed.values())
+        top.bar(
+            uniform, [samples] * len(uniform), width=0.6, color="tab:purple", alpha=0.35, label="whole set (uniform)"
+        )
+        stacked[np.isin(epochs, uniform)] = samples
+    # Headroom above the bars for the legend in one row, so that it covers no bar.
+    top.set_ylim(0, stacked.max() * 1.25 if stacked.max() > 0 else 1)
     top.set_ylabel("samples drawn")
     top.set_title("Where each epoch's samples came from")
-    _legend(top)
+    top.legend(fontsize="small", loc="upper center", ncols=len(top.get_legend_handles_labels()[1]))
     fraction_epochs, fraction = _metric_series(composed, "zpd/zone_fraction")
     bottom.plot(fraction_epochs, fraction, marker="o", color="tab:purple", label="pool share inside the band")
     bottom.yaxis.set_major_formatter(PercentFormatter(1.0))
-    bottom.set_ylim(0, max(1.0, float(fraction.max(initial=0))) * 1.05)
+    # Scaled to the data (a zone of a few percent would be a flat line on a 0-100% axis), with room above it.
+    bottom.set_ylim(0, min(1.05, max(0.05, 1.3 * float(fraction.max(initial=0)))))
     bottom.set_ylabel("share of the pool")
     for axes in (top, bottom):
         axes.grid(alpha=0.3)

@@ -36,6 +36,7 @@ def test_what_an_epoch_drew_from_in_words():
     assert drawn_from({"zpd/zone_draws": 20, "zpd/fill_draws": 28}) == "zone + fill"
     assert drawn_from({"zpd/zone_draws": 20, "zpd/fill_draws": 20, "zpd/replay_draws": 8}) == "zone + fill + replay"
     assert drawn_from({"zpd/zone_draws": 20, "zpd/fill_draws": 28, "zpd/rescored": 0}) == "zone + fill (latest scores)"
+    assert drawn_from({"zpd/zone_draws": 20, "zpd/fill_draws": 20, "zpd/anneal_draws": 8}) == "zone + fill + anneal"
 
 
 def test_text_and_markdown_show_the_same_cells():

@@ -210,6 +210,20 @@ def test_the_draws_plot_has_no_legend_entry_for_a_part_no_epoch_drew_from():
     assert_figure_is_readable(figure)
 
 
+def test_the_draws_plot_shows_the_uniform_epochs_as_whole_set_bars():
+    metrics = {1: {"zpd/uniform": 1.0},
+               2: {"zpd/zone_draws": 30.0, "zpd/fill_draws": 18.0, "zpd/zone_fraction": 0.2},
+               3: {"zpd/zone_draws": 20.0, "zpd/fill_draws": 22.0, "zpd/anneal_draws": 6.0, "zpd/zone_fraction": 0.1}}  # fmt: skip
+    figure = epoch_draws_figure(metrics)
+    top = figure.axes[0]
+    handles, labels = top.get_legend_handles_labels()
+    assert labels == ["zone", "fill", "anneal", "whole set (uniform)"]
+    uniform_bars = handles[labels.index("whole set (uniform)")]
+    assert [(bar.get_x() + bar.get_width() / 2, bar.get_height()) for bar in uniform_bars] == [(1.0, 48.0)]
+    assert [tick.get_text() for tick in figure.axes[1].get_xticklabels()] == ["1", "2", "3"]
+    assert_figure_is_readable(figure)
+
+
 def test_a_single_hit_rate_goes_into_a_table_not_a_near_empty_figure(tmp_path, tokenizer):
     assert hit_rate_figure({3: {"zpd/hit_rate": 0.5}}) is None
     output_dir = tmp_path / "three"
@@ -233,7 +247,10 @@ def test_epoch_table_counts_epochs_as_the_trainer_logs_them(zpd_run, zpd_report)
     assert sorted(planned) == [2, 3, 4]
     for epoch, entry in planned.items():
         cells = rows[epoch]
-        assert cells["drawn from"] == ("zone + fill" if entry["zpd/fill_draws"] else "zone")
+        expected = ("zone + fill" if entry["zpd/fill_draws"] else "zone") + (
+            " + anneal" if entry["zpd/anneal_draws"] else ""
+        )
+        assert cells["drawn from"] == expected
         assert cells["pool PPL"] == format_number(entry["zpd/ppl"])
         assert cells["level D"] == format_number(entry["zpd/level"])
         assert cells["band"] == f"[{format_number(entry['zpd/band_lower'])}, {format_number(entry['zpd/band_upper'])}]"
