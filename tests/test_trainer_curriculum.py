@@ -369,19 +369,26 @@ class CountingScoringPasses(ZPDTrainer):
 def test_training_pass_source_reuses_the_training_statistics(tokenizer, tmp_path):
     """With no dropout and a learning rate of 0 the model never changes and train mode computes what eval mode does,
     so the training passes' statistics must equal a scoring pass's, and the zones must be the same; and no scoring
-    pass may run but the guard's baseline before training (there is nothing to reuse then)."""
+    pass may run at all.
+
+    The learnability guard is off: with a frozen model every loss stays put, and whether it "fell" between two passes
+    would be decided by float rounding (a training batch pads differently from a scoring batch), which differs from
+    one CPU to the next. The training-pass source with the guard on is covered by the next test and the 2-process
+    resume test."""
     runs = {}
     for source in ("scoring_pass", "training_pass"):
         trainer = CountingScoringPasses(
             model=tiny_gpt2(len(tokenizer), dropout=0.0),
-            args=config(tmp_path, source, learning_rate=0.0, score_source=source, num_train_epochs=3),
+            args=config(
+                tmp_path, source, learning_rate=0.0, score_source=source, num_train_epochs=3, learnability_guard=False
+            ),  # fmt: skip
             train_dataset=causal_lm_dataset(tokenizer, 48, prompt_tokens=2),
             data_collator=DataCollatorForSeq2Seq(tokenizer),
         )
         trainer.train()
         runs[source] = trainer
     scoring, training = runs["scoring_pass"], runs["training_pass"]
-    assert scoring.scoring_passes == 3 and training.scoring_passes == 1
+    assert scoring.scoring_passes == 2 and training.scoring_passes == 0
     # Epoch 1 drew every example once, so every example has training-pass statistics.
     for column in ("loss", "confidence", "entropy", "num_tokens"):
         np.testing.assert_allclose(
