@@ -229,9 +229,9 @@ def _metric_series(metrics: dict[int, dict[str, float]], key: str) -> tuple[np.n
     return _series(({"epoch": epoch, **values} for epoch, values in metrics.items()), "epoch", key)
 
 
-def _legend(axes) -> None:
+def _legend(axes, **options) -> None:
     if axes.get_legend_handles_labels()[0]:
-        axes.legend(fontsize="small")
+        axes.legend(fontsize="small", **options)
 
 
 def _epoch_axis(axes, epochs: Iterable[float]) -> None:
@@ -356,7 +356,7 @@ def epoch_draws_figure(metrics: dict[int, dict[str, float]]) -> Figure | None:
     top.set_ylim(0, stacked.max() * 1.25 if stacked.max() > 0 else 1)
     top.set_ylabel("samples drawn")
     top.set_title("Where each epoch's samples came from")
-    top.legend(fontsize="small", loc="upper center", ncols=len(top.get_legend_handles_labels()[1]))
+    _legend(top, loc="upper center", ncols=len(top.get_legend_handles_labels()[1]))
     fraction_epochs, fraction = _metric_series(composed, "zpd/zone_fraction")
     bottom.plot(fraction_epochs, fraction, marker="o", color="tab:purple", label="pool share inside the band")
     bottom.yaxis.set_major_formatter(PercentFormatter(1.0))
