@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import importlib.util
 import json
 import math
@@ -214,20 +215,21 @@ def austen_task(seed: int, train_size: int, eval_size: int, max_length: int, aus
 
 def random_control_trainer():
     from hf_zpd import ZPDTrainer
+    from hf_zpd.curriculum import Curriculum
     from hf_zpd.selection import EpochPlan
 
-    class RandomControlTrainer(ZPDTrainer):
+    class RandomControlCurriculum(Curriculum):
         """The default composition with the detector replaced by chance: each epoch's plan is composed from the real
         scores, then its draw counts are permuted across the drawable pool (within each class with class balance).
         The epoch has the same zone size, the same draws per zone and fill example, the same number skipped and out of
         reach; only which examples get them is random."""
 
-        def _compose(self, epoch, scored_at, table):
-            plan = super()._compose(epoch, scored_at, table)
+        def compose(self, epoch, scored_at, table, guard_baseline=None):
+            plan = super().compose(epoch, scored_at, table, guard_baseline)
             drawable = table.finite() & (table.num_tokens > 0)
-            rng = np.random.default_rng([self._curriculum_seed, epoch, 77])
+            rng = np.random.default_rng([self.seed, epoch, 77])
             source = np.arange(drawable.size)  # example i takes the draws of example source[i]
-            labels = self._zpd_labels if self.args.class_balance else None
+            labels = self.labels if self.args.class_balance else None
             for group in [None] if labels is None else np.unique(labels[drawable]):
                 members = np.flatnonzero(drawable if group is None else drawable & (labels == group))
                 source[members] = rng.permutation(members)
@@ -239,6 +241,9 @@ def random_control_trainer():
 
             return EpochPlan(plan.counts[source], plan.anneal_counts[source], moved(plan.zone), moved(plan.in_band),
                              moved(plan.out_of_reach), plan.groups, plan.metrics)  # fmt: skip
+
+    class RandomControlTrainer(ZPDTrainer):
+        curriculum_class = RandomControlCurriculum
 
     return RandomControlTrainer
 
@@ -379,6 +384,7 @@ def describe_epochs(record, labels, flipped) -> list[dict]:
             "num_skipped": int((~drawn).sum()),
             "num_out_of_reach": int(out.sum()),
             "max_draws": int(draw.counts.max()),
+            "zone_digest": hashlib.sha256(np.asarray(np.flatnonzero(zone), dtype=np.int64).tobytes()).hexdigest()[:16],
             "zone_draws": draw.metrics.get("zpd/zone_draws"),
             "fill_draws": draw.metrics.get("zpd/fill_draws"),
         }

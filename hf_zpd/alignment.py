@@ -78,25 +78,38 @@ def alignment_from_structure(model: torch.nn.Module) -> str | None:
     return None
 
 
-def mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, shifted: bool) -> float:
-    """The token-mean cross-entropy of `logits` (B, T, V) against `labels` (B, T), in float64."""
+def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, shifted: bool) -> tuple[float, int]:
+    """The summed cross-entropy of `logits` (B, T, V) against `labels` (B, T), in float64, and the supervised count."""
     if shifted:
         logits, labels = logits[:, :-1], labels[:, 1:]
     mask = labels != IGNORE_INDEX
     if not mask.any():
-        return math.nan
-    rows = logits[mask].double()  # (n, V)
-    return float(torch.nn.functional.cross_entropy(rows, labels[mask], reduction="mean"))
+        return math.nan, 0
+    rows = logits[mask].detach().double()  # (n, V)
+    return float(torch.nn.functional.cross_entropy(rows, labels[mask], reduction="sum")), int(mask.sum())
 
 
-def alignment_from_probe(logits: torch.Tensor, labels: torch.Tensor, model_loss: float | None) -> str | None:
-    """Rule 3: the reading whose mean cross-entropy matches the model's own loss; `None` if the probe cannot tell."""
+def mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, shifted: bool) -> float:
+    """The token-mean cross-entropy of `logits` (B, T, V) against `labels` (B, T), in float64."""
+    total, count = summed_cross_entropy(logits, labels, shifted)
+    return total / count if count else math.nan
+
+
+def alignment_from_probe(
+    logits: torch.Tensor, labels: torch.Tensor, model_loss: float | None, num_items: float | None = None
+) -> str | None:
+    """Rule 3: the reading whose cross-entropy matches the model's own loss; `None` if the probe cannot tell.
+
+    The model's loss is either a mean over the batch's supervised tokens, or (a model that takes the Trainer's
+    `num_items_in_batch`) their sum divided by `num_items`: both are tried for each reading.
+    """
     if model_loss is None or not math.isfinite(model_loss) or logits.dim() != 3 or labels.shape != logits.shape[:2]:
         return None
-    errors = {
-        reading: abs(mean_cross_entropy(logits, labels, reading == SHIFTED) - model_loss)
-        for reading in (SHIFTED, ALIGNED)
-    }
+    errors = {}
+    for reading in (SHIFTED, ALIGNED):
+        total, count = summed_cross_entropy(logits, labels, reading == SHIFTED)
+        candidates = [total / count if count else math.nan] + ([total / num_items] if num_items else [])
+        errors[reading] = min(abs(candidate - model_loss) for candidate in candidates)
     tolerance = _PROBE_TOLERANCE * max(1.0, abs(model_loss))
     best = min(errors, key=errors.get)
     other = errors[ALIGNED if best == SHIFTED else SHIFTED]
@@ -113,6 +126,7 @@ def decide_alignment(
     labels: torch.Tensor,
     model_loss: float | None,
     override: str = "auto",
+    num_items: float | None = None,
 ) -> str:
     """The alignment of `model`'s logits with its labels, by the rule of the module docstring.
 
@@ -120,8 +134,10 @@ def decide_alignment(
         model (`torch.nn.Module`): the model, wrapped or not.
         logits (`torch.Tensor`): the logits of a probe batch.
         labels (`torch.Tensor`): its labels.
-        model_loss (`float`, *optional*): the loss the model returned for that batch (without `num_items_in_batch`).
+        model_loss (`float`, *optional*): the loss the model returned for that batch.
         override (`str`, *optional*, defaults to `"auto"`): `"shifted"` or `"aligned"` to skip the rule.
+        num_items (`float`, *optional*): the `num_items_in_batch` the model was given, if any (its loss may be a sum
+            divided by it rather than a mean).
 
     Raises:
         `ValueError`: the rule cannot decide; the message names the model and the setting that decides.
@@ -133,7 +149,7 @@ def decide_alignment(
     structural = alignment_from_structure(model)
     if structural is not None:
         return structural
-    probed = alignment_from_probe(logits, labels, model_loss)
+    probed = alignment_from_probe(logits, labels, model_loss, num_items)
     if probed is not None:
         return probed
     base = base_model(model)

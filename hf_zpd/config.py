@@ -74,10 +74,11 @@ class ZPDArguments:
         epoch kept at its share of the pool, so the zone never starves a class. Ignored when examples carry no single
         class label (causal LM, seq2seq).
     learnability_guard (`bool`, *optional*, defaults to `True`):
-        An example that was drawn and trained on but whose loss did not fall between two scoring passes, and that is
-        not below the model's level, is out of reach: it never enters the zone and comes last in the fill. A baseline
-        scoring pass runs before training so that the guard applies from the second epoch (epoch 1 still draws
-        uniformly unless `score_before_training`).
+        An example that was drawn and trained on but whose loss did not fall between two measurements, and that is
+        not below the model's level, is out of reach: it never enters the zone and comes last in the fill. The first
+        measurement is free: the loss each example had when the first epoch's training passes drew it (train mode),
+        compared with the scoring pass after that epoch; later ones compare consecutive scoring passes. (With
+        `score_before_training`, the pass before training is the first measurement.)
     anneal_fraction (`float`, *optional*, defaults to `0.125`):
         The last share of all training samples is drawn uniformly from the whole set, so the final steps see the whole
         distribution. In [0, 1).
@@ -109,7 +110,7 @@ class ZPDArguments:
         at each scoring boundary. `"training_pass"` re-uses the statistics that the training forward passes computed
         since the last zone (train mode, so with dropout; taken during the epoch, so up to one epoch stale), and runs
         no extra pass; examples not drawn since keep their latest score. A pass still runs when there is nothing to
-        re-use: before the first epoch, for `score_before_training` and for the learnability guard's baseline.
+        re-use, for `score_before_training`. Either way, nothing is scored that no later epoch is drawn from.
     scoring_batch_size (`int` or `None`, *optional*, defaults to `None`):
         Per-device batch size of the scoring pass; defaults to `per_device_eval_batch_size`.
     statistics_chunk_size (`int`, *optional*, defaults to `128`):
@@ -119,12 +120,15 @@ class ZPDArguments:
         How the model's logits line up with its labels for the statistics: `"auto"` decides once from the model (its
         config and class, unwrapped from peft; else its own loss on the first batch), `"shifted"` (position t
         predicts label t + 1: causal LMs) or `"aligned"` (classifiers, token classifiers, encoder-decoders).
-    fused_cross_entropy (`bool`, *optional*, defaults to `False`):
-        Causal LMs only (GPT-2, Llama, Mistral, Qwen2/3, SmolLM3): compute the training loss, its gradient and the
+    fused_cross_entropy (`bool` or `None`, *optional*, defaults to `None`):
+        Causal LMs (GPT-2, Llama, Mistral, Qwen2/3, SmolLM3): compute the training loss, its gradient and the
         statistics from the last hidden states, `statistics_chunk_size` supervised rows at a time, so the full
-        `[batch, seq, vocab]` logits never exist (the technique of Liger-Kernel's fused linear cross-entropy). The
-        loss equals the standard path's to float rounding. Refused, with the reason, for other models, with label
-        smoothing or a `compute_loss_func`. Evaluation and the scoring pass keep the standard path.
+        `[batch, seq, vocab]` logits never exist (the technique of Liger-Kernel's fused linear cross-entropy); it trains
+        faster than the standard path and than the plain Trainer. The loss equals the Trainer's to float rounding
+        (about 1e-6 relative), not bitwise. `None` turns it on where it applies (those classes with a plain `lm_head`,
+        no label smoothing or `compute_loss_func`, no `torch_compile`, FSDP or DeepSpeed) and keeps the standard path
+        elsewhere; `False` always takes the standard path, whose loss is bitwise the Trainer's; `True` where it does
+        not apply is an error naming the reason. Evaluation and the scoring pass keep the standard path.
     running_ppl_decay (`float`, *optional*, defaults to `0.9`):
         Decay of the exponential moving average of the training loss behind `zpd/running_ppl`.
 
@@ -197,8 +201,10 @@ class ZPDArguments:
         "How logits line up with labels: 'auto' (from the model), 'shifted' (causal LM), 'aligned'.",
         LABEL_ALIGNMENTS,
     )
-    fused_cross_entropy: bool = _flag(
-        False, "Causal LMs: loss and statistics chunk by chunk from the hidden states, never the full logits."
+    fused_cross_entropy: bool | None = _flag(
+        None,
+        "Causal LMs: loss and statistics chunk by chunk from the hidden states, never the full logits. Default: on "
+        "where it applies; false: the standard path (loss bitwise the Trainer's).",
     )
     running_ppl_decay: float = _flag(0.9, "Decay of the moving average behind zpd/running_ppl, in [0, 1).")
     replay_curriculum: str | None = _flag(

@@ -1,10 +1,12 @@
 """The epoch order: a fixed number of samples per epoch, laid out from the epoch's draw counts.
 
-Pure numpy and `torch.utils.data.Sampler`, no `transformers` import. Each epoch's counts come from the epoch
-composition (selection.py); the order is one shuffle of the composed draws followed by one shuffle of the annealing
-draws, so the uniform annealing part is where it belongs, at the end. The order is a pure function of (counts, seed,
-epoch): every process computes the same global order (accelerate then gives each process a disjoint share of its
-batches), and a resumed run draws exactly what the uninterrupted run drew.
+Numpy and torch, no `transformers` import. Each composed epoch's counts come from the epoch composition
+(selection.py); its order is one shuffle of the composed draws followed by one shuffle of the annealing draws, so the
+uniform annealing part is where it belongs, at the end. An epoch drawn uniformly (no scores yet) is drawn in exactly
+the plain Trainer's order ([`trainer_order`]), so the first epoch of a `ZPDTrainer` run and of a `Trainer` run with
+the same seed see the same batches. Every order is a pure function of (counts, seed, epoch): every process computes
+the same global order (accelerate then gives each process a disjoint share of its batches), and a resumed run draws
+exactly what the uninterrupted run drew.
 
 Epochs are numbered as the Trainer logs them: the first epoch is epoch 1.
 """
@@ -15,6 +17,7 @@ import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
+import torch
 from torch.utils.data import Sampler
 
 from .selection import EpochPlan
@@ -33,6 +36,30 @@ def samples_per_epoch(dataset_size: int, epoch_fraction: float = 1.0) -> int:
 def exact_ceil(value: float) -> int:
     """`ceil` that ignores floating-point noise: 100 * 0.07 is 7.000000000000001, and means 7."""
     return math.ceil(round(value, 9))
+
+
+def trainer_order(dataset_size: int, num_samples: int, seed: int, epoch: int) -> np.ndarray:
+    """The order in which the plain Trainer draws epoch `epoch` (1 = the first), cut to `num_samples`.
+
+    Checked against transformers 5.24 and accelerate 1.15: `Trainer._get_train_sampler` returns
+    `RandomSampler(train_dataset)`, which `accelerate.data_loader.prepare_data_loader` replaces by a
+    `SeedableRandomSampler` (`accelerator_config.use_seedable_sampler=True`, the default). Before the Trainer's 0-based
+    epoch e its generator is seeded with `seed + e`, where the seed is `data_seed`, else `torch.random.initial_seed()`
+    when the loader is prepared (the Trainer's `seed`, which `train()` sets), and it yields
+    `torch.randperm(len(dataset), generator=generator)`. The same permutation is computed here.
+
+    Example:
+
+    ```python
+    >>> trainer_order(5, 5, seed=42, epoch=1).tolist() == torch.randperm(5, generator=torch.Generator().manual_seed(42)).tolist()
+    True
+
+    ```
+    """
+    device = torch.get_default_device() if hasattr(torch, "get_default_device") else "cpu"
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed + epoch - 1)
+    return torch.randperm(dataset_size, generator=generator).numpy().astype(np.int64)[:num_samples]
 
 
 def epoch_order(counts: np.ndarray, anneal_counts: np.ndarray, seed: int, epoch: int) -> np.ndarray:
@@ -87,11 +114,9 @@ class ZPDSampler(Sampler[int]):
     Example:
 
     ```python
-    >>> import numpy as np
-    >>> from hf_zpd.selection import uniform_plan
     >>> sampler = ZPDSampler(5, 5, plan_for_epoch=lambda epoch: uniform_plan(5, 5, seed=0, epoch=epoch))
-    >>> len(sampler), sorted(sampler)
-    (5, [0, 1, 2, 3, 4])
+    >>> len(sampler), sorted(sampler), list(sampler) == trainer_order(5, 5, seed=0, epoch=1).tolist()
+    (5, [0, 1, 2, 3, 4], True)
 
     ```
     """
@@ -122,6 +147,8 @@ class ZPDSampler(Sampler[int]):
                 f"The plan of epoch {epoch} draws {plan.num_samples} samples over {plan.counts.shape[0]} examples, "
                 f"but every epoch has {self.num_samples} over {self.dataset_size}."
             )
+        if plan.order is not None:  # a uniform epoch, in the plain Trainer's order
+            return plan.order
         return epoch_order(plan.counts, plan.anneal_counts, self.seed, epoch)
 
     def __iter__(self) -> Iterator[int]:
@@ -129,3 +156,12 @@ class ZPDSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+def uniform_plan(dataset_size: int, num_samples: int, seed: int, epoch: int) -> EpochPlan:
+    """The plan of an epoch drawn without scores: `num_samples` examples in the plain Trainer's order
+    ([`trainer_order`]), each at most once."""
+    order = trainer_order(dataset_size, num_samples, seed, epoch)
+    counts = np.bincount(order, minlength=dataset_size).astype(np.int64)
+    empty = np.zeros(0, dtype=np.int64)
+    return EpochPlan(counts, np.zeros(dataset_size, dtype=np.int64), empty, empty, empty, order=order)

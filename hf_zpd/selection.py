@@ -39,7 +39,7 @@ COMPOSITIONS = ("zone_and_fill", "zone_only")
 FILL_RULES = ("nearest", "weighted", "uniform")
 
 # Tags that give each random choice of an epoch its own stream, so that changing one part never shifts another.
-_ZONE_EXTRAS, _FILL, _REPLAY, _ANNEAL, _UNIFORM = 1, 2, 3, 4, 5
+_ZONE_EXTRAS, _FILL, _REPLAY, _ANNEAL = 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -128,10 +128,12 @@ class EpochPlan:
         anneal_counts (`np.ndarray` of int64, shape `(dataset_size,)`): the part of `counts` drawn uniformly at the
             end of the epoch (annealing).
         zone (`np.ndarray` of int64): the zone, ascending dataset indices (after widening; never out of reach).
-        in_band (`np.ndarray` of int64): the examples inside their band before widening.
+        in_band (`np.ndarray` of int64): the drawable examples inside their band before widening (not out of reach).
         out_of_reach (`np.ndarray` of int64): the examples the learnability guard excluded.
         groups (`list[GroupBand]`): the band of each class (or of the whole pool).
         metrics (`dict[str, float]`): the draw's `zpd/*` metrics (see the README's "Logged metrics").
+        order (`np.ndarray` of int64, *optional*): the epoch's order, for an epoch drawn in a fixed order (uniform
+            epochs follow the plain Trainer's); `None` lets the sampler shuffle the counts.
     """
 
     counts: np.ndarray
@@ -141,6 +143,7 @@ class EpochPlan:
     out_of_reach: np.ndarray
     groups: list[GroupBand] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    order: np.ndarray | None = None
 
     @property
     def num_samples(self) -> int:
@@ -439,13 +442,6 @@ def compose_epoch(
         "zpd/max_draws": float(counts.max()),
     }
     return EpochPlan(counts, anneal_counts, zone, in_band, flagged, groups, metrics)
-
-
-def uniform_plan(dataset_size: int, num_samples: int, seed: int, epoch: int) -> EpochPlan:
-    """The plan of an epoch without scores: `num_samples` drawn uniformly (whole passes first)."""
-    counts = uniform_counts(dataset_size, num_samples, np.random.default_rng([seed, epoch, _UNIFORM]))
-    empty = np.zeros(0, dtype=np.int64)
-    return EpochPlan(counts, np.zeros(dataset_size, dtype=np.int64), empty, empty, empty)
 
 
 def anneal_samples(epoch: int, num_samples: int, total_samples: int, anneal_fraction: float) -> int:

@@ -15,7 +15,6 @@ import hashlib
 import math
 import os
 import re
-import time
 import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -30,31 +29,23 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-from .alignment import SHIFTED, base_model, decide_alignment, model_class_name
-from .band import band_around_level, log_difficulty
+from .alignment import SHIFTED, alignment_from_structure, base_model, decide_alignment, model_class_name
+from .band import log_difficulty
 from .cards import MODEL_TAGS, dataset_display_name, model_display_name, with_curriculum_section
 from .config import ZPDArguments, ZPDConfig
+from .curriculum import Curriculum
 from .fused import check_fused_support, fused_causal_lm_head
 from .hub import load_curriculum, push_curriculum
 from .indexing import INDEX_COLUMN, IndexKeepingCollator, with_index_column
-from .record import RECORD_NAME, CurriculumRecord, EpochDraw, detect_id_column, read_example_ids
-from .sampler import ZPDSampler, samples_per_epoch
+from .record import RECORD_NAME, CurriculumRecord, detect_id_column, read_example_ids
+from .sampler import ZPDSampler, samples_per_epoch, uniform_plan
 from .scoring import (
-    SCORE_COLUMNS,
     ScoreTable,
-    TrainingPassScores,
     assert_same_on_every_process,
     length_grouped_batches,
-    preserved_rng_and_mode,
     run_scoring_pass,
 )
-from .selection import (
-    EpochPlan,
-    anneal_samples,
-    compose_epoch,
-    guard_flags,
-    uniform_plan,
-)
+from .selection import EpochPlan
 from .state import TrainingState, last_complete_checkpoint
 from .statistics import ExampleStatistics, align_causal_labels, competence, per_example_statistics
 
@@ -62,8 +53,8 @@ logger = logging.get_logger(__name__)
 
 # Layout of the per-process accumulators filled by `compute_loss` during training.
 _WINDOW_FIELDS = ("loss_sum", "num_tokens", "confidence", "entropy", "competence", "num_examples", "num_nonfinite")
-# Examples collated for the check before the first step (labels, logits, one row per example, label alignment).
-_PREFLIGHT_EXAMPLES = 4
+# The label alignment agreed by every process at the first training batch, as a number for a gather.
+_ALIGNMENT_CODES = {None: 0.0, SHIFTED: 1.0, "aligned": 2.0}
 
 
 def _dataset_sketch(dataset) -> list[float]:
@@ -124,6 +115,9 @@ class ZPDTrainerMixin:
     """
 
     config_class: type = ZPDConfig
+    curriculum_class: type = Curriculum
+    """The [`Curriculum`] that plans the epochs; a subclass can change how an epoch is composed (the study's random
+    control does)."""
     curriculum_id_column: str | None = None
     """The training set's column of stable example ids stored in the record; `None` detects a column named `id`,
     `idx`, `example_id` or `guid`. Set it on the trainer before `train()` to name another."""
@@ -150,36 +144,68 @@ class ZPDTrainerMixin:
             )
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
         self.args: ZPDArguments
-        self.curriculum: CurriculumRecord | None = None
+        self._zpd_curriculum: Curriculum | None = None
         self._zpd_state: TrainingState | None = None
         self._zpd_sampler: ZPDSampler | None = None
         self._zpd_loader = None
         self._zpd_lengths: np.ndarray | None = None
-        self._zpd_labels: np.ndarray | None = None
         self._zpd_epoch = 1
         self._zpd_resume_from: str | None = None
         self._zpd_indexed: tuple[int, Dataset] | None = None
         self._zpd_alignment: str | None = None
-        self._zpd_total_samples = 0
         self._zpd_curriculum_repo_id: str | None = None
-        self._training_pass_scores: TrainingPassScores | None = None
+        self._shuffle_seed = self._curriculum_seed
         self._reset_training_accumulators()
         self.add_callback(_CurriculumCallback(self))
         if hasattr(self.model, "add_model_tags"):  # the Hub card's tags, as trl does
             self.model.add_model_tags(list(MODEL_TAGS))
-        if self.args.fused_cross_entropy:
-            self._check_fused_path()
+        self._uses_fused_head = self._resolve_fused_head()
 
-    def _check_fused_path(self) -> None:
-        """Refuses `fused_cross_entropy` where it would not give the Trainer's loss, before any step runs."""
+    supports_fused_head: bool = True
+    """Whether this trainer can train through hf_zpd's fused causal-LM head (`fused_cross_entropy`)."""
+
+    def _resolve_fused_head(self) -> bool:
+        """`fused_cross_entropy`: `True` and `False` as set; `None` (the default) turns it on where it is safe.
+
+        Safe means: a causal LM on fused.py's allowlist with a plain `lm_head` (no quantised or adapter layer, no logit
+        transform), the model's own loss function, no label smoothing or `compute_loss_func` (they read the full
+        logits), and no `torch_compile`, FSDP or DeepSpeed (which wrap or shard the head the fused path multiplies by).
+        Elsewhere the default is the standard path, with one log line that says why. `True` where it does not apply is
+        a `ValueError` naming the reason, before any step runs.
+        """
+        choice = self.args.fused_cross_entropy
+        if choice is False or (choice is None and not self.supports_fused_head):
+            return False
+        reason = None
         if self.args.label_smoothing_factor > 0 or self.compute_loss_func is not None:
-            raise ValueError(
+            reason = (
                 "fused_cross_entropy computes the model's own cross-entropy without the full logits, but label "
                 "smoothing and compute_loss_func read those logits. Set fused_cross_entropy=False, or drop "
                 "label_smoothing_factor / compute_loss_func."
             )
-        # peft's wrapper forwards to the transformers model inside it, whose lm_head the fused head replaces.
-        check_fused_support(base_model(self.model))
+        else:
+            try:  # peft's wrapper forwards to the transformers model inside it, whose lm_head the fused head replaces
+                check_fused_support(base_model(self.model))
+            except ValueError as error:
+                reason = str(error)
+        if choice is True:
+            if reason is not None:
+                raise ValueError(reason)
+            return True
+        wrapped = [name for name, on in (("torch_compile", self.args.torch_compile), ("FSDP", self.is_fsdp_enabled),
+                                         ("DeepSpeed", self.is_deepspeed_enabled)) if on]  # fmt: skip
+        if reason is None and wrapped:
+            reason = f"{wrapped[0]} wraps or shards the output layer; set fused_cross_entropy=True to try it anyway"
+        if reason is None:
+            logger.info(
+                f"ZPDTrainer: {model_class_name(self.model)} trains through the fused causal-LM head (loss, gradient "
+                "and statistics from the hidden states, no full logits); fused_cross_entropy=False gives the "
+                "standard path."
+            )
+            return True
+        if "ForCausalLM" in model_class_name(self.model) or "LMHead" in model_class_name(self.model):
+            logger.info(f"ZPDTrainer: the standard path (full logits) for {model_class_name(self.model)}: {reason}")
+        return False
 
     # ---- Data: the index column and the sampler ----
 
@@ -235,6 +261,9 @@ class ZPDTrainerMixin:
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> ZPDSampler:
         # Private Trainer hook (transformers 5.24), the one `_get_dataloader` calls for the training sampler.
         dataset = train_dataset if train_dataset is not None else self.train_dataset
+        # The seed accelerate 1.15's SeedableRandomSampler takes when the Trainer's loader is prepared, right after
+        # this hook: uniform epochs are drawn in the Trainer's own order (sampler.trainer_order).
+        self._shuffle_seed = self.args.data_seed if self.args.data_seed is not None else torch.random.initial_seed()
         self._zpd_sampler = ZPDSampler(
             dataset_size=len(dataset),
             num_samples=samples_per_epoch(len(dataset), self.args.epoch_fraction),
@@ -259,12 +288,17 @@ class ZPDTrainerMixin:
     def _num_samples(self) -> int:
         return samples_per_epoch(len(self.train_dataset), self.args.epoch_fraction)
 
+    @property
+    def curriculum(self) -> CurriculumRecord | None:
+        """The run's live record ([`CurriculumRecord`]): every epoch's draws and zones, and the scores behind them;
+        `None` before `train()`."""
+        return self._zpd_curriculum.record if self._zpd_curriculum is not None else None
+
     def _plan_for_epoch(self, epoch: int) -> EpochPlan:
-        """The sampler's view of an epoch's draws (1 = the first): the record's, or uniform before any is planned."""
-        draw = self.curriculum.epochs.get(epoch) if self.curriculum is not None else None
-        if draw is None:
-            return uniform_plan(len(self.train_dataset), self._num_samples, self._curriculum_seed, epoch)
-        return EpochPlan(draw.counts, draw.anneal_counts, draw.zone, draw.in_band, draw.out_of_reach)
+        """The sampler's view of an epoch's draws (1 = the first): the curriculum's, or uniform before training."""
+        if self._zpd_curriculum is not None:
+            return self._zpd_curriculum.plan_for(epoch)
+        return uniform_plan(len(self.train_dataset), self._num_samples, self._shuffle_seed, epoch)
 
     # ---- The loss and the per-example statistics ----
 
@@ -278,24 +312,27 @@ class ZPDTrainerMixin:
             )
         # Read the labels first: with label smoothing or `compute_loss_func` the Trainer pops them from `inputs`.
         labels = self._labels_of(inputs)
+        if self._zpd_alignment is None:  # the first training batch: what the statistics need, before its forward
+            self._check_first_batch(labels, index)
         loss, outputs, stats = self._loss_and_statistics(model, inputs, labels, return_outputs, num_items_in_batch)
         self._record_training_statistics(stats)
-        if self._training_pass_scores is not None and index is not None:
-            self._training_pass_scores.add(index, self.state.global_step, stats)
+        if self._zpd_curriculum is not None:
+            self._zpd_curriculum.observe(index, self.state.global_step, stats)
         return (loss, outputs) if return_outputs else loss
 
     def _loss_and_statistics(self, model, inputs, labels, return_outputs, num_items_in_batch):
         """The parent's loss and outputs for a training batch, and the batch's per-example statistics."""
-        if self.args.fused_cross_entropy:
+        if self._uses_fused_head:
             # The model's lm_head and loss function are swapped for the fused ones during this forward only (the
             # backward runs later, on the gradients the fused function computed); `outputs.logits` are hidden states.
             with fused_causal_lm_head(base_model(model), chunk_size=self.args.statistics_chunk_size) as capture:
                 loss, outputs = super().compute_loss(
                     model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
                 )
+            self._zpd_alignment = SHIFTED  # the fused head serves causal LMs only (fused.py's allowlist)
             return loss, outputs, capture.statistics
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        return loss, outputs, self._statistics_from_outputs(model, outputs, labels)
+        return loss, outputs, self._statistics_from_outputs(model, outputs, labels, num_items_in_batch)
 
     def _labels_of(self, inputs: Mapping[str, Any]) -> torch.Tensor:
         if len(self.label_names) != 1:
@@ -310,6 +347,11 @@ class ZPDTrainerMixin:
                 f"(keys: {sorted(inputs)}). Add a 'labels' (or 'label') column to the dataset, or use a collator that "
                 "keeps or makes them, e.g. DataCollatorForLanguageModeling(tokenizer, mlm=False) for causal LM."
             )
+        if labels.is_floating_point():
+            raise ValueError(
+                "ZPDTrainer scores examples by cross-entropy against class indices, but the labels are floating "
+                "point (a regression or multi-label head). Use integer class labels."
+            )
         return labels
 
     def _logits_of(self, model, outputs) -> torch.Tensor:
@@ -323,23 +365,8 @@ class ZPDTrainerMixin:
             )
         return logits
 
-    def _statistics_from_outputs(self, model, outputs, labels: torch.Tensor) -> ExampleStatistics:
-        logits = self._logits_of(model, outputs)
-        if self._zpd_alignment is None:
-            # Decided before the first step of train() (`_preflight`); a direct call to compute_loss or training_step
-            # decides from the model's structure alone (its own loss here may be scaled by num_items_in_batch).
-            self._zpd_alignment = decide_alignment(model, logits, labels, None, self.args.label_alignment)
-        if self._zpd_alignment == SHIFTED:
-            logits, labels = align_causal_labels(logits, labels)
-        return per_example_statistics(logits.detach(), labels, chunk_size=self.args.statistics_chunk_size)
-
-    def _preflight(self, model, loader) -> None:
-        """Checks, before the first step, what the statistics need from a real batch of the training loader.
-
-        The labels survive the collator, they are class indices, the batch holds one row per example, the model
-        returns logits; and the label alignment is decided (alignment.py). Every failure is a clear error before any
-        step or file. Runs on every process (the forward is collective under FSDP and ZeRO-3), under a preserved RNG.
-        """
+    def _check_model_supported(self, model) -> None:
+        """Refuses, before any step, a model whose logits cannot line up with the labels of the batch."""
         peft_config = getattr(self.accelerator.unwrap_model(model), "active_peft_config", None)
         if getattr(peft_config, "is_prompt_learning", False):
             raise ValueError(
@@ -348,31 +375,71 @@ class ZPDTrainerMixin:
                 "with the labels of the batch and the per-example statistics would be wrong. Use an adapter method "
                 "(LoRA, IA3, ...), or the plain Trainer."
             )
-        dataset = loader.dataset
-        features = [dataset[i] for i in range(min(_PREFLIGHT_EXAMPLES, len(dataset)))]
-        with preserved_rng_and_mode(model), torch.inference_mode():
-            # Private Trainer method (transformers 5.24): device placement, as for a training batch.
-            batch = self._prepare_inputs(loader.collate_fn(features))
-            batch.pop(INDEX_COLUMN, None)
-            labels = self._labels_of(batch)
-            if labels.is_floating_point():
-                raise ValueError(
-                    "ZPDTrainer scores examples by cross-entropy against class indices, but the labels are floating "
-                    "point (a regression or multi-label head). Use integer class labels."
-                )
-            if labels.shape[0] != len(features):
-                raise ValueError(
-                    f"The data collator put {len(features)} examples into {labels.shape[0]} rows: it packs several "
-                    "examples into one sequence (padding-free or flattening collators, packing). ZPDTrainer scores "
-                    "each example on its own row; use a padding collator (e.g. DataCollatorWithPadding, or "
-                    "padding_free=False / packing=False)."
-                )
-            outputs = model(**batch)  # with its labels and no num_items_in_batch: the model's own mean loss
-            logits = self._logits_of(model, outputs)
-            loss = outputs.get("loss") if isinstance(outputs, Mapping) else None
-            model_loss = float(loss) if loss is not None and loss.numel() == 1 else None
-            self._zpd_alignment = decide_alignment(model, logits, labels, model_loss, self.args.label_alignment)
-        logger.info(f"ZPDTrainer: {model_class_name(model)} logits are read {self._zpd_alignment} to the labels.")
+
+    def _check_first_batch(self, labels: torch.Tensor, index: torch.Tensor | None) -> None:
+        """Before the first training forward: the collator kept one row per example (the statistics are per row).
+
+        The checks ride on the first batch the Trainer draws anyway, so a model sees no forward the plain Trainer
+        would not run. Every process checks its own batch, and all stop together if one finds a problem.
+        """
+        problem = None
+        if index is not None and labels.shape[0] != len(index):
+            problem = (
+                f"The data collator put {len(index)} examples into {labels.shape[0]} rows: it packs several examples "
+                "into one sequence (padding-free or flattening collators, packing). ZPDTrainer scores each example on "
+                "its own row; use a padding collator (e.g. DataCollatorWithPadding, or padding_free=False / "
+                "packing=False)."
+            )
+        failed = self._gather_first_batch([float(problem is not None)])
+        if problem is not None or any(row[0] for row in failed):
+            raise ValueError(problem or "Another process stopped at its first training batch; its error says why.")
+
+    def _gather_first_batch(self, values: list[float]) -> list[list[float]]:
+        """`values` from every process (a collective that every process reaches at its first batch)."""
+        local = torch.tensor([values], dtype=torch.float64, device=self.args.device)
+        if self.accelerator.num_processes == 1:
+            return local.tolist()
+        return self.accelerator.gather(local).cpu().tolist()
+
+    def _own_loss(self, outputs, num_items_in_batch) -> tuple[float | None, float | None]:
+        """The loss the model computed itself in this forward, undone from the Trainer's scaling, and the token count
+        it may have divided by (`num_items_in_batch`), for the label-alignment probe."""
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else None
+        if loss is None or loss.numel() != 1:
+            return None, None
+        value = float(loss.detach())
+        passed_count = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+        # transformers 5.24 `Trainer.compute_loss` multiplies the model's loss in place by the number of processes
+        # when it passed num_items_in_batch with average_tokens_across_devices.
+        if passed_count and self.args.average_tokens_across_devices:
+            value /= self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1 else self.args.n_gpu
+        return value, float(num_items_in_batch) if passed_count else None
+
+    def _statistics_from_outputs(self, model, outputs, labels: torch.Tensor, num_items_in_batch=None):
+        logits = self._logits_of(model, outputs)
+        if self._zpd_alignment is None:
+            self._decide_alignment(model, logits, labels, *self._own_loss(outputs, num_items_in_batch))
+        if self._zpd_alignment == SHIFTED:
+            logits, labels = align_causal_labels(logits, labels)
+        return per_example_statistics(logits.detach(), labels, chunk_size=self.args.statistics_chunk_size)
+
+    def _decide_alignment(self, model, logits, labels, model_loss: float | None, num_items: float | None) -> None:
+        """Decides the label alignment (alignment.py) from the first batch's forward; every process must agree."""
+        problem, alignment = None, None
+        try:
+            alignment = decide_alignment(model, logits, labels, model_loss, self.args.label_alignment, num_items)
+        except ValueError as error:
+            problem = error
+        decisions = {row[0] for row in self._gather_first_batch([_ALIGNMENT_CODES[alignment]])}
+        if problem is not None:
+            raise problem
+        if decisions != {_ALIGNMENT_CODES[alignment]}:
+            raise ValueError(
+                f"The processes read {model_class_name(model)}'s logits differently from their first batches (one "
+                "could not tell or disagreed). Set ZPDConfig.label_alignment to 'shifted' (causal LM) or 'aligned'."
+            )
+        self._zpd_alignment = alignment
+        logger.info(f"ZPDTrainer: {model_class_name(model)} logits are read {alignment} to the labels.")
 
     def _reset_training_accumulators(self) -> None:
         device = self.args.device
@@ -456,23 +523,15 @@ class ZPDTrainerMixin:
     def _begin_curriculum(self, train_dataloader) -> None:
         dataset_size = len(self.train_dataset)
         self._reset_training_accumulators()
-        self._preflight(self.model_wrapped, train_dataloader)
-        self._zpd_labels = class_labels(self.train_dataset, self.label_names) if self.args.class_balance else None
-        self.curriculum = CurriculumRecord(settings=self._record_settings())
+        self._check_model_supported(self.model_wrapped)
+        labels = class_labels(self.train_dataset, self.label_names) if self.args.class_balance else None
+        record = CurriculumRecord(settings=self._record_settings())
         self._zpd_state = TrainingState(dataset_size=dataset_size)
         column = detect_id_column(self.train_dataset, self.curriculum_id_column)
         if column is not None:
-            self.curriculum.id_column = column
-            self.curriculum.example_ids = read_example_ids(self.train_dataset, column)
-        self.curriculum.labels = self._zpd_labels
-        if self._zpd_resume_from is not None:
-            self._restore_curriculum(self._zpd_resume_from, dataset_size)
-        self._training_pass_scores = None
-        if self.args.score_source == "training_pass":
-            self._training_pass_scores = TrainingPassScores(dataset_size)
-            if self._zpd_state.training_pass_scores is not None:  # restored from the checkpoint
-                table, step = self._zpd_state.training_pass_scores
-                self._training_pass_scores.table, self._training_pass_scores.step = table, step
+            record.id_column = column
+            record.example_ids = read_example_ids(self.train_dataset, column)
+        record.labels = labels
         assert_same_on_every_process(_dataset_sketch(self.train_dataset), "training set", self.accelerator)
         # The epoch to resume in, by the Trainer's own formula (`_init_training_state`), and the samples of the whole
         # run (for annealing), from the steps the Trainer will take.
@@ -482,11 +541,26 @@ class ZPDTrainerMixin:
         self._zpd_epoch = self.state.global_step // steps_per_epoch + 1
         full_epochs, extra_steps = divmod(self.state.max_steps, steps_per_epoch)
         samples_per_step = self.get_total_train_batch_size(self.args)
-        self._zpd_total_samples = full_epochs * self._num_samples + min(
-            extra_steps * samples_per_step, self._num_samples
+        total_samples = full_epochs * self._num_samples + min(extra_steps * samples_per_step, self._num_samples)
+        self._zpd_curriculum = self.curriculum_class(
+            self.args,
+            record,
+            num_samples=self._num_samples,
+            total_samples=total_samples,
+            global_batch_size=samples_per_step,
+            seed=self._curriculum_seed,
+            shuffle_seed=self._shuffle_seed,
+            labels=labels,
+            score_pool=self._score_pool,
+            merge=lambda scores: scores.merge(self.accelerator),
+            log=self.log,
         )
+        if self._zpd_resume_from is not None:
+            self._restore_curriculum(self._zpd_resume_from, dataset_size)
+        last_epoch = math.ceil(self.state.max_steps / steps_per_epoch)
         if self.args.replay_curriculum is not None:
-            self._begin_replay(steps_per_epoch)
+            self._begin_replay(last_epoch)
+        self._zpd_curriculum.warn_if_inactive(last_epoch, self.state.max_steps, steps_per_epoch)
 
     def _restore_curriculum(self, checkpoint: str, dataset_size: int) -> None:
         """Reads the checkpoint's record (draws, zones, scoring passes) and state (running PPL, pending statistics)."""
@@ -506,12 +580,11 @@ class ZPDTrainerMixin:
                 "data and hf_zpd version, or start a new run (a new output_dir)."
             )
         self._zpd_state = state
-        self.curriculum.epochs, self.curriculum.history = record.epochs, record.history
+        self._zpd_curriculum.restore(record, state.training_pass_scores)
 
-    def _begin_replay(self, steps_per_epoch: int) -> None:
+    def _begin_replay(self, last_epoch: int) -> None:
         """With `replay_curriculum`: every epoch's draws come from the record, so no scoring pass runs."""
         record = load_curriculum(self.args.replay_curriculum)
-        last_epoch = math.ceil(self.state.max_steps / steps_per_epoch)
         record.check_replay(
             dataset_size=len(self.train_dataset),
             example_ids=lambda column: read_example_ids(self.train_dataset, column),
@@ -519,241 +592,20 @@ class ZPDTrainerMixin:
             seed=self._curriculum_seed,
             epochs=list(range(1, last_epoch + 1)),
         )
-        for epoch, draw in self.curriculum.epochs.items():  # restored from a checkpoint of an earlier replay
-            if not np.array_equal(draw.counts, record.epochs[epoch].counts):
-                raise ValueError(
-                    f"The checkpoint {self._zpd_resume_from} drew epoch {epoch} differently from the replayed "
-                    f"curriculum {record.source}: resume it with the replay_curriculum it was trained with."
-                )
-        self.curriculum.epochs = dict(record.epochs)
-        self.curriculum.history = record.history
-        self.curriculum.settings = dict(record.settings, replayed_from=self.args.replay_curriculum)
-        logger.info(f"Replaying the curriculum {record.source}: epochs {sorted(record.epochs)} draw as recorded.")
+        self._zpd_curriculum.replay(record, list(range(1, last_epoch + 1)), self._zpd_resume_from)
 
     def _begin_epoch(self) -> None:
-        epoch = self._zpd_epoch
-        if epoch not in self.curriculum.epochs:
-            # Normally the epoch was planned at the previous epoch's end. It is not before the first epoch, nor after a
-            # resume from a checkpoint saved before that (a step save on an epoch's last step).
-            self._plan_epoch(epoch)
-        self._zpd_sampler.set_epoch(epoch - 1)  # the sampler takes the Trainer's 0-based loop index
+        self._zpd_curriculum.begin_epoch(self._zpd_epoch, self._running_ppl())
+        self._zpd_sampler.set_epoch(self._zpd_epoch - 1)  # the sampler takes the Trainer's 0-based loop index
 
     def _end_epoch(self) -> None:
         self._fold_running_loss()
-        self._zpd_epoch += 1
         epoch = self._zpd_epoch
-        more_to_train = epoch <= self.state.num_train_epochs and self.state.global_step < self.state.max_steps
-        if more_to_train and epoch not in self.curriculum.epochs:
-            self._plan_epoch(epoch)
-
-    @property
-    def _first_zone_epoch(self) -> int:
-        return 1 if self.args.score_before_training else 2
-
-    def _is_scoring_boundary(self, epoch: int) -> bool:
-        """Scoring passes run before the first zone epoch and every `rescore_every` epochs after it."""
-        first = self._first_zone_epoch
-        return epoch >= first and (epoch - first) % self.args.rescore_every == 0
-
-    def _plan_epoch(self, epoch: int) -> None:
-        """Decides what `epoch` draws: uniformly before any scores, else the composition around the zone."""
-        record, boundary = self.curriculum, epoch - 1
-        metrics: dict[str, float] = {"zpd/epoch": float(epoch)}
-        if epoch < self._first_zone_epoch:
-            scored_at = None
-            if self.args.uses_learnability_guard and boundary == 0:
-                # The guard's baseline: scores before any training, to compare the first zone's scores with.
-                table, seconds = self._score_pool(boundary)
-                record.history.tables[boundary] = table
-                scored_at = boundary
-                metrics["zpd/scoring_seconds"] = seconds
-            plan = uniform_plan(len(self.train_dataset), self._num_samples, self._curriculum_seed, epoch)
-            metrics.update({"zpd/uniform": 1.0, "zpd/num_skipped": float((plan.counts == 0).sum())})
-            record.epochs[epoch] = EpochDraw(
-                epoch, plan.counts, plan.anneal_counts, scored_at=scored_at, metrics=metrics
-            )
-            self.log(dict(metrics))
-            return
-        latest = record.history.latest(before=epoch)
-        rescored = self._is_scoring_boundary(epoch) or latest is None
-        if rescored:
-            if not self._is_scoring_boundary(epoch):
-                logger.warning(f"No scores to reuse for epoch {epoch}: scoring the pool now.")
-            table, seconds = self._scores_for_zone(boundary)
-            previous = record.history.latest(before=boundary + 1)
-            record.history.tables[boundary] = table
-            metrics["zpd/scoring_seconds"] = seconds
-            if previous is not None:
-                metrics.update(self._learning_progress(previous[1], table, record.epochs.get(epoch - 1)))
-            latest = (boundary, table)
-        scored_at, table = latest
-        plan = self._compose(epoch, scored_at, table)
-        metrics.update(self._pool_metrics(table, plan))
-        metrics["zpd/rescored"] = float(rescored)
-        bands = {
-            -1 if group.label is None else group.label: tuple(
-                math.exp(v) for v in (group.log_level, group.log_lower, group.log_upper)
-            )
-            for group in plan.groups
-        }
-        record.epochs[epoch] = EpochDraw(
-            epoch,
-            plan.counts,
-            plan.anneal_counts,
-            zone=plan.zone,
-            in_band=plan.in_band,
-            out_of_reach=plan.out_of_reach,
-            scored_at=scored_at,
-            bands=bands,
-            metrics=metrics,
-        )
-        self.log(dict(metrics))
-
-    def _log_difficulty(self, table: ScoreTable) -> np.ndarray:
-        return log_difficulty(table.competence(self.args.effective_competence_weights), table.vocab_size)
-
-    def _compose(self, epoch: int, scored_at: int, table: ScoreTable) -> EpochPlan:
-        """The epoch's draw counts from the pass at `scored_at` (selection.py), with the guard's flags."""
-        drawable = table.finite() & (table.num_tokens > 0)
-        if not drawable.any():
-            pool = int((~np.isnan(table.num_tokens)).sum())
-            no_targets = int((table.num_tokens == 0).sum())
-            raise RuntimeError(
-                f"None of the {pool} scored examples has finite statistics ({no_targets} have no supervised "
-                "token, the rest gave NaN or inf logits). If the labels are all -100, check the collator and the "
-                "label column; if the model diverged, lower the learning rate, set max_grad_norm, or use bf16 "
-                "instead of fp16. The last checkpoint is intact."
-            )
-        policy = self.args.composition_policy(self.get_total_train_batch_size(self.args))
-        num_anneal = 0
-        if self.args.composition == "zone_and_fill":
-            num_anneal = anneal_samples(epoch, self._num_samples, self._zpd_total_samples, self.args.anneal_fraction)
-        plan = compose_epoch(
-            policy,
-            self._num_samples,
-            self._log_difficulty(table),
-            drawable,
-            seed=self._curriculum_seed,
-            epoch=epoch,
-            labels=self._zpd_labels,
-            out_of_reach=self._out_of_reach(scored_at) if self.args.uses_learnability_guard else None,
-            num_anneal=num_anneal,
-        )
-        if plan.metrics["zpd/num_widened"]:
-            logger.info(
-                f"Epoch {epoch}: the ZPD band held {int(plan.metrics['zpd/num_in_band'])} drawable examples, fewer "
-                f"than the minimum: widened by the {int(plan.metrics['zpd/num_widened'])} nearest (zpd/num_widened)."
-            )
-        return plan
-
-    def _out_of_reach(self, boundary: int) -> np.ndarray:
-        """The learnability guard's flags after the pass at `boundary`, from that pass and the one before it."""
-        record = self.curriculum
-        previous = record.history.latest(before=boundary)
-        size = len(self.train_dataset)
-        if previous is None:
-            return np.zeros(size, dtype=bool)
-        previous_boundary, before = previous
-        flagged = np.zeros(size, dtype=bool)
-        for draw in record.epochs.values():
-            if draw.scored_at == previous_boundary:  # the flags the previous pass set
-                flagged[draw.out_of_reach] = True
-                break
-        # The epochs trained between the two passes: previous_boundary + 1, ..., boundary.
-        drawn = np.zeros(size, dtype=bool)
-        for epoch in range(previous_boundary + 1, boundary + 1):
-            if epoch in record.epochs:
-                drawn |= record.epochs[epoch].counts > 0
-        after = record.history.tables[boundary]
-        return guard_flags(
-            flagged,
-            before.loss,
-            after.loss,
-            drawn,
-            self._log_difficulty(after),
-            after.finite() & (after.num_tokens > 0),
-            self._zpd_labels if self.args.class_balance else None,
-        )
-
-    def _pool_metrics(self, table: ScoreTable, plan: EpochPlan) -> dict[str, float]:
-        """The pool's and the zone's statistics for the log, and the draw's own metrics."""
-        weights = self.args.effective_competence_weights
-        pool = np.flatnonzero(~np.isnan(table.num_tokens))
-        finite = table.finite()
-        no_targets = table.num_tokens[pool] == 0
-        log_level, log_lower, log_upper = band_around_level(
-            self._log_difficulty(table)[pool], self.args.band_lower, self.args.band_upper, finite[pool]
-        )
-        metrics = {
-            "zpd/ppl": float(np.exp(table.loss[pool][finite[pool]].mean())),
-            "zpd/level": math.exp(log_level),
-            "zpd/band_lower": math.exp(log_lower),
-            "zpd/band_upper": math.exp(log_upper),
-            "zpd/zone_fraction": plan.metrics["zpd/num_in_band"] / pool.size,
-            "zpd/num_scored": float(pool.size),
-            "zpd/num_nonfinite": float((~finite[pool] & ~no_targets).sum()),
-            "zpd/num_no_targets": float(no_targets.sum()),
-        }
-        if self._zpd_state.running_loss is not None:  # none before the first training step
-            metrics["zpd/running_ppl"] = self._running_ppl()
-        example_competence = table.competence(weights)
-        for group, members in (("pool", pool[finite[pool]]), ("selected", plan.zone)):
-            for name, values in (
-                ("loss", table.loss),
-                ("confidence", table.confidence),
-                ("entropy", table.entropy),
-                ("competence", example_competence),
-            ):
-                metrics[f"zpd/{group}_{name}"] = float(values[members].mean()) if members.size else math.nan
-        metrics.update(plan.metrics)
-        return metrics
-
-    @staticmethod
-    def _learning_progress(before: ScoreTable, after: ScoreTable, trained: EpochDraw | None) -> dict[str, float]:
-        """How much the loss of the zone that was just trained on fell, against the rest of the pool (the hit rate)."""
-        if trained is None or trained.zone is None:
-            return {}
-        both = before.finite() & after.finite()
-        selected = np.zeros(len(after), dtype=bool)
-        selected[trained.zone] = True
-        drop = before.loss - after.loss
-        in_zone, others = drop[both & selected], drop[both & ~selected]
-        if in_zone.size == 0 or others.size == 0:
-            return {}
-        return {
-            "zpd/selected_loss_drop": float(in_zone.mean()),
-            "zpd/other_loss_drop": float(others.mean()),
-            "zpd/hit_rate": float((in_zone > others.mean()).mean()),
-        }
-
-    def _scores_for_zone(self, boundary: int) -> tuple[ScoreTable, float]:
-        """The scores behind a zone and the seconds they took: a scoring pass, or the training passes' statistics since
-        the last zone laid over the latest scores (`score_source="training_pass"`)."""
-        source = self._training_pass_scores
-        if source is None:
-            return self._score_pool(boundary)
-        start = time.perf_counter()
-        source.merge(self.accelerator)
-        if source.num_scored() == 0:  # nothing trained yet (score_before_training): a real pass
-            return self._score_pool(boundary)
-        latest = self.curriculum.latest_scores
-        table = ScoreTable.empty(len(self.train_dataset)) if latest is None else latest.copy()
-        fresh = ~np.isnan(source.step)
-        for column in SCORE_COLUMNS:
-            getattr(table, column)[fresh] = getattr(source.table, column)[fresh]
-        table.vocab_size = source.table.vocab_size
-        source.clear()
-        return table, time.perf_counter() - start
+        self._zpd_epoch += 1
+        more_to_train = epoch + 1 <= self.state.num_train_epochs and self.state.global_step < self.state.max_steps
+        self._zpd_curriculum.end_epoch(epoch, more_to_train, self._running_ppl())
 
     # ---- The scoring pass ----
-
-    def _pool_indices(self, boundary: int) -> np.ndarray:
-        size = len(self.train_dataset)
-        pool_size = self.args.scoring_pool_size
-        if pool_size is None or pool_size >= size:
-            return np.arange(size, dtype=np.int64)
-        rng = np.random.default_rng([self._curriculum_seed, boundary, 1])
-        return np.sort(rng.choice(size, size=pool_size, replace=False)).astype(np.int64)
 
     def _example_lengths(self, dataset) -> np.ndarray | None:
         # The training set's lengths, read once per run.
@@ -787,12 +639,17 @@ class ZPDTrainerMixin:
                     model_inputs["decoder_input_ids"] = unwrapped.prepare_decoder_input_ids_from_labels(labels=labels)
                 else:  # the model builds its decoder inputs from the labels
                     model_inputs[self.label_names[0]] = labels
+        if self._zpd_alignment is None and alignment_from_structure(unwrapped) is None:
+            # Scoring before any training step (score_dataset) of a model whose class says nothing: its own loss on
+            # this first batch decides the label alignment.
+            model_inputs[self.label_names[0]] = labels
         # Without labels the model computes no loss, which for causal LMs would upcast the full logits to fp32.
         outputs = model(**model_inputs)
         return self._statistics_from_outputs(model, outputs, labels)
 
-    def _score_pool(self, boundary: int) -> tuple[ScoreTable, float]:
-        return self._run_scoring_pass(self.model_wrapped, self._zpd_loader, self._pool_indices(boundary))
+    def _score_pool(self, indices: np.ndarray) -> tuple[ScoreTable, float]:
+        """The scoring pass over the training examples `indices`, with the model being trained (collective)."""
+        return self._run_scoring_pass(self.model_wrapped, self._zpd_loader, indices)
 
     def _run_scoring_pass(self, model, loader, indices: np.ndarray) -> tuple[ScoreTable, float]:
         """The scoring pass over `indices` of `loader`'s dataset, in length-grouped batches of `scoring_batch_size`."""
@@ -867,8 +724,7 @@ class ZPDTrainerMixin:
                 dataset=with_index_column(dataset), description="Scoring", batch_size=1, sampler_fn=None
             )
         model = self._model_for_inference()
-        if self._zpd_alignment is None:
-            self._preflight(model, loader)
+        self._check_model_supported(model)
         table, _ = self._run_scoring_pass(model, loader, np.arange(len(dataset), dtype=np.int64))
         example_competence = table.competence(self.args.effective_competence_weights)
         columns = {"zpd_example_index": np.arange(len(dataset), dtype=np.int64)}
@@ -893,10 +749,8 @@ class ZPDTrainerMixin:
         # first and atomically, so a checkpoint folder with model weights always has the curriculum that matches them.
         if self._zpd_state is not None:
             self._fold_running_loss()
-            if self._training_pass_scores is not None:  # collective; the merged table goes into the checkpoint
-                self._training_pass_scores.merge(self.accelerator)
-                scores = self._training_pass_scores
-                self._zpd_state.training_pass_scores = (scores.table, scores.step)
+            # Collective: the training passes' statistics that a later draw needs, merged over the processes.
+            self._zpd_state.training_pass_scores = self._zpd_curriculum.training_pass_state()
             if self.args.should_save:
                 # The folder `Trainer._save_checkpoint` writes to (transformers 5.24, private `_get_output_dir`).
                 folder = os.path.join(
@@ -920,6 +774,7 @@ class ZPDTrainerMixin:
             "num_samples_per_epoch": self._num_samples,
             "epoch_fraction": args.epoch_fraction,
             "seed": self._curriculum_seed,
+            "shuffle_seed": self._shuffle_seed,
             "composition": args.composition,
             "zone_repeats": args.zone_repeats,
             "fill": args.fill,
@@ -937,6 +792,8 @@ class ZPDTrainerMixin:
             "global_batch_size": self.get_total_train_batch_size(args),
             "rescore_every": args.rescore_every,
             "scoring_pool_size": args.scoring_pool_size,
+            "score_source": args.score_source,
+            "fused_cross_entropy": self._uses_fused_head,
             "num_train_epochs": self.state.num_train_epochs or args.num_train_epochs,
             "base_model": model_display_name(getattr(config, "_name_or_path", None)),
             "source_dataset": dataset_display_name(dataset),

@@ -35,7 +35,7 @@ class PausingTrainer(ZPDTrainer):
         Path(self.args.output_dir, "paused").write_text(str(os.getpid()))
         time.sleep(600)
 
-    def _score_pool(self, boundary):
+    def _score_pool(self, indices):
         self.scoring_passes += 1
         if self.scoring_passes == self.pause_in_scoring:
             original = self._forward_statistics
@@ -46,7 +46,7 @@ class PausingTrainer(ZPDTrainer):
                 return stats
 
             self._forward_statistics = forward_then_pause
-        return super()._score_pool(boundary)
+        return super()._score_pool(indices)
 
     def _save_optimizer_and_scheduler(self, output_dir):
         self.checkpoints += 1

@@ -17,6 +17,7 @@ from builders import build_tokenizer, causal_lm_dataset, tiny_gpt2
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
 from hf_zpd import ZPDConfig, ZPDTrainer
+from hf_zpd.curriculum import Curriculum
 
 NUM_EXAMPLES = 44  # 11 batches of 4: not a multiple of 2 processes, so accelerate pads the last global batch
 
@@ -42,19 +43,45 @@ def arguments(output_dir: str, cls=ZPDConfig, **overrides):
     return cls(**values)
 
 
-class RecordingZPDTrainer(ZPDTrainer):
-    """Records the scores behind every planned epoch, and the example indices of every training batch this process
-    computes a loss on."""
+class RecordingCurriculum(Curriculum):
+    """Records the scores behind every planned epoch into `tables` (set by the trainer)."""
 
-    seen: dict
     tables: dict
 
-    def _plan_epoch(self, epoch):
-        super()._plan_epoch(epoch)
-        table = self.curriculum.scores_for(epoch)
+    def _plan_epoch(self, epoch, running_ppl):
+        super()._plan_epoch(epoch, running_ppl)
+        table = self.record.scores_for(epoch)
         if table is not None:
             columns = ("loss", "confidence", "entropy", "num_tokens")
             self.tables.setdefault(epoch, {name: getattr(table, name).tolist() for name in columns})
+
+
+class FirstEpochInputs:
+    """Records the input ids of every training batch of the first epoch (6 optimizer steps) this process trains."""
+
+    first_epoch_inputs: list
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        if model.training and self.state.global_step < 6:
+            self.first_epoch_inputs.append(inputs["input_ids"].tolist())
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+
+class RecordingTrainer(FirstEpochInputs, Trainer):
+    pass
+
+
+class RecordingZPDTrainer(FirstEpochInputs, ZPDTrainer):
+    """Records the scores behind every planned epoch, and the example indices of every training batch this process
+    computes a loss on."""
+
+    curriculum_class = RecordingCurriculum
+    seen: dict
+    tables: dict
+
+    def _begin_curriculum(self, train_dataloader):
+        super()._begin_curriculum(train_dataloader)
+        self._zpd_curriculum.tables = self.tables
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         if model.training:
@@ -70,7 +97,7 @@ def build(trainer_class, args, tokenizer, data_seed=0, dropout=0.1):
         train_dataset=causal_lm_dataset(tokenizer, NUM_EXAMPLES, seed=data_seed, prompt_tokens=2),
         data_collator=DataCollatorForSeq2Seq(tokenizer),
     )
-    trainer.seen, trainer.tables = {}, {}
+    trainer.seen, trainer.tables, trainer.first_epoch_inputs = {}, {}, []
     return trainer
 
 
@@ -121,10 +148,11 @@ def main(out_dir: str) -> None:
         "mismatch_error": mismatch_error,
     }
 
-    plain = build(Trainer, arguments(os.path.join(out_dir, "plain"), cls=TrainingArguments), tokenizer)
+    plain = build(RecordingTrainer, arguments(os.path.join(out_dir, "plain"), cls=TrainingArguments), tokenizer)
     plain.train()
     record["plain_learning_rates"] = learning_rates(plain)
     record["plain_global_step"] = plain.state.global_step
+    record["plain_first_epoch_inputs"] = plain.first_epoch_inputs
 
     # 6 steps per epoch: resume in the middle of epoch 1 (step 4), of epoch 2 (step 8), and on epoch 2's last step.
     record["resumed"] = {}
@@ -152,6 +180,7 @@ def main(out_dir: str) -> None:
     learning = build(RecordingZPDTrainer, arguments(os.path.join(out_dir, "tp-full"), **training_pass), tokenizer)
     learning.train()
     record["training_pass"] = {"digest": digest(learning.model), "zones": _zones(learning), "resumed": {}}
+    record["uniform_first_epoch_inputs"] = learning.first_epoch_inputs  # no score_before_training: epoch 1 is uniform
     for step in (4, 8):
         resumed = build(
             RecordingZPDTrainer, arguments(os.path.join(out_dir, f"tp-{step}"), **training_pass), tokenizer

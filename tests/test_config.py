@@ -31,7 +31,7 @@ ZPD_DEFAULTS = {
     "scoring_batch_size": None,
     "statistics_chunk_size": 128,
     "label_alignment": "auto",
-    "fused_cross_entropy": False,
+    "fused_cross_entropy": None,
     "running_ppl_decay": 0.9,
     "replay_curriculum": None,
 }

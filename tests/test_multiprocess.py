@@ -129,3 +129,12 @@ def test_training_pass_source_resumes_mid_epoch_bitwise(ranks):
         assert sorted(run["zones"]) == ["2", "3"]
         for step, resumed in run["resumed"].items():
             assert resumed == {"digest": run["digest"], "zones": run["zones"]}, f"resumed from checkpoint-{step}"
+
+
+def test_a_uniform_first_epoch_trains_the_plain_trainers_batches_on_every_rank(ranks):
+    """Without a pass before training, epoch 1 is drawn in the plain Trainer's order: each rank trains the very
+    batches (token for token) that the plain Trainer's same rank trains, with the same seed."""
+    for rank in ranks:
+        assert len(rank["plain_first_epoch_inputs"]) == 6
+        assert rank["uniform_first_epoch_inputs"] == rank["plain_first_epoch_inputs"]
+    assert ranks[0]["plain_first_epoch_inputs"] != ranks[1]["plain_first_epoch_inputs"]

@@ -73,7 +73,7 @@ def test_same_seed_same_curriculum_and_weights_in_two_fresh_processes(uninterrup
 
 def test_killed_in_the_middle_of_a_scoring_pass(uninterrupted, tmp_path):
     output_dir = tmp_path / "run"
-    run_and_kill(output_dir, "--pause-in-scoring", "3")  # the pass at the end of epoch 2, after checkpoint-12
+    run_and_kill(output_dir, "--pause-in-scoring", "2")  # the pass at the end of epoch 2, after checkpoint-12
     assert_every_state_file_is_whole(output_dir)
     assert last_complete_checkpoint(str(output_dir)).endswith("checkpoint-12")
     resumed = run_to_the_end(output_dir, "--resume")

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
-from hf_zpd.sampler import ZPDSampler, epoch_order, samples_per_epoch
+from hf_zpd.sampler import ZPDSampler, epoch_order, samples_per_epoch, trainer_order, uniform_plan
 from hf_zpd.selection import EpochPlan
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -284,3 +284,41 @@ def test_sharded_draws_hold_the_zone():
         assert {i for batch in batches for i in batch} <= set(zone.tolist())
     counts_seen = Counter(interleave(shards)[:50])
     assert sorted(counts_seen.values()) == [10, 10, 10, 10, 10]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Uniform epochs: the plain Trainer's order
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def accelerate_trainer_orders(size: int, data_seed: int, epochs: int) -> list[list[int]]:
+    """What the plain Trainer's training loader yields per epoch: `RandomSampler`, prepared by accelerate with the
+    Trainer's default `use_seedable_sampler=True`, its epoch set before each pass as `Trainer._run_epoch` does."""
+    loader = prepare_data_loader(
+        DataLoader(list(range(size)), sampler=RandomSampler(list(range(size))), batch_size=1),
+        use_seedable_sampler=True,
+        data_seed=data_seed,
+        put_on_device=False,
+    )
+    orders = []
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        orders.append([int(batch) for batch in loader])
+    return orders
+
+
+@pytest.mark.parametrize(("size", "seed"), [(1, 0), (7, 42), (64, 3), (257, 12345)])
+def test_trainer_order_is_what_accelerate_prepares_for_the_trainer(size, seed):
+    for epoch, order in enumerate(accelerate_trainer_orders(size, seed, epochs=3), start=1):
+        assert trainer_order(size, size, seed, epoch).tolist() == order
+
+
+def test_uniform_plan_draws_each_example_at_most_once_in_the_trainer_order():
+    plan = uniform_plan(10, 10, seed=5, epoch=2)
+    assert plan.counts.tolist() == [1] * 10 and plan.order.tolist() == trainer_order(10, 10, 5, 2).tolist()
+    short = uniform_plan(10, 4, seed=5, epoch=2)  # epoch_fraction < 1: the first 4 of the same permutation
+    assert short.order.tolist() == plan.order[:4].tolist() and short.counts.sum() == 4
+    assert np.array_equal(np.flatnonzero(short.counts), np.sort(short.order))
+    sampler = ZPDSampler(10, 4, plan_for_epoch=lambda epoch: uniform_plan(10, 4, seed=5, epoch=epoch))
+    sampler.set_epoch(1)
+    assert list(sampler) == short.order.tolist()

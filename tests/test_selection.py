@@ -14,7 +14,6 @@ from hf_zpd.selection import (
     compose_epoch,
     fill_order,
     guard_flags,
-    uniform_plan,
     update_out_of_reach,
 )
 
@@ -265,12 +264,6 @@ def test_one_repeat_with_an_epoch_as_large_as_the_pool_is_uniform():
             CompositionPolicy(zone_repeats=1, class_balance=balance), 90, log_d, drawable, 0, 2, labels
         )
         np.testing.assert_array_equal(plan.counts, np.ones(90, dtype=np.int64))
-
-
-def test_uniform_plan_draws_whole_passes_first():
-    plan = uniform_plan(10, 25, seed=0, epoch=1)
-    assert plan.counts.sum() == 25 and set(plan.counts.tolist()) <= {2, 3}
-    assert plan.zone.size == 0 and plan.anneal_counts.sum() == 0
 
 
 @pytest.mark.parametrize(

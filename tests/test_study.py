@@ -66,6 +66,7 @@ def test_the_study_runs_every_arm_and_reports_the_targets(task, tmp_path, tokeni
     ours, control = by_arm["zpd_loss"]["epochs"][1], by_arm["random_loss"]["epochs"][1]
     for key in ("zone_size", "num_skipped", "num_out_of_reach", "zone_draws", "fill_draws"):
         assert ours[key] == control[key], key
+    assert ours["zone_digest"] != control["zone_digest"]  # the same sizes, other examples
     if task == "tweets_noisy":
         assert (
             ours["flipped_share_drawn"] is not None

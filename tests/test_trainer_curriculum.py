@@ -1,5 +1,6 @@
 """Trainer-level behaviour: schedule, selection, logging, resume, and bad input, on tiny real models."""
 
+import logging
 import math
 import os
 import re
@@ -27,6 +28,7 @@ from transformers import (
 )
 
 from hf_zpd import ZPDConfig, ZPDTrainer
+from hf_zpd.curriculum import Curriculum
 from hf_zpd.record import RECORD_NAME
 from hf_zpd.scoring import run_scoring_pass
 from hf_zpd.state import STATE_NAME
@@ -173,7 +175,7 @@ def test_scoring_pass_matches_one_example_at_a_time(tokenizer, tmp_path):
     trainer = gpt2_trainer(tokenizer, config(tmp_path, num_train_epochs=1), num_examples=21)
     trainer.train()
     model = trainer.model
-    table, _ = trainer._score_pool(1)
+    table, _ = trainer._score_pool(np.arange(21))
     loader = trainer._zpd_loader
     model.eval()
     for index in range(21):
@@ -192,7 +194,7 @@ def test_scoring_pass_restores_mode_and_rng(tokenizer, tmp_path):
     trainer.train()
     trainer.model.train()
     before = torch.random.get_rng_state(), np.random.get_state()[1].copy()
-    trainer._score_pool(1)
+    trainer._score_pool(np.arange(48))
     assert trainer.model.training
     assert torch.equal(torch.random.get_rng_state(), before[0])
     np.testing.assert_array_equal(np.random.get_state()[1], before[1])
@@ -242,18 +244,57 @@ def test_score_before_training_draws_the_first_epoch_around_the_zone(tokenizer, 
     assert zpd_logs(trainer)[0]["zpd/epoch"] == 1
 
 
-def test_the_first_epoch_is_uniform_and_the_guard_gets_a_baseline_pass(tokenizer, tmp_path):
-    trainer = gpt2_trainer(tokenizer, config(tmp_path, num_train_epochs=3))
+class RecordingCurriculum(Curriculum):
+    """Keeps the training loss each example had the first time a training batch drew it (in epoch 1)."""
+
+    def observe(self, index, step, stats):
+        self.first_losses = getattr(self, "first_losses", {})
+        for example, loss in zip(index.tolist(), stats.loss.tolist(), strict=True):
+            self.first_losses.setdefault(example, loss)
+        super().observe(index, step, stats)
+
+
+def test_the_first_epoch_is_uniform_and_the_guard_baseline_costs_no_pass(tokenizer, tmp_path):
+    """No pass runs before training: the guard's first flags compare the loss each example had when epoch 1 trained
+    on it with the pass after epoch 1; and no pass runs after the last epoch."""
+    trainer = gpt2_trainer(tokenizer, config(tmp_path, num_train_epochs=3), trainer_class=CountingScoringPasses)
+    trainer.curriculum_class = RecordingCurriculum
     trainer.train()
     record = trainer.curriculum
     first = record.epochs[1]
-    assert first.zone is None and first.scored_at == 0 and 0 in record.history.tables
+    assert first.zone is None and first.scored_at is None and sorted(record.history.tables) == [1, 2]
+    assert trainer.scoring_passes == 2  # after epochs 1 and 2, none after epoch 3
     assert (first.counts == 1).all()  # an epoch as large as the set draws every example once
     entry = plan_logs(trainer)[0]
-    assert entry["zpd/epoch"] == 1 and entry["zpd/uniform"] == 1 and entry["zpd/scoring_seconds"] > 0
-    without_guard = gpt2_trainer(tokenizer, config(tmp_path, "no_guard", learnability_guard=False))
-    without_guard.train()
-    assert without_guard.curriculum.epochs[1].scored_at is None and 0 not in without_guard.curriculum.history.tables
+    assert entry["zpd/epoch"] == 1 and entry["zpd/uniform"] == 1 and "zpd/scoring_seconds" not in entry
+    # The guard's flags for epoch 2, written out: every example was drawn in epoch 1; it is flagged when the pass
+    # after epoch 1 finds its loss not below what its training pass measured, and it is not below the level.
+    after = record.history.tables[1]
+    before = np.array([trainer._zpd_curriculum.first_losses[i] for i in range(48)])
+    log_d = trainer._zpd_curriculum.log_difficulty(after)
+    expected = (after.loss >= before) & (log_d >= log_d.mean())
+    np.testing.assert_array_equal(record.epochs[2].out_of_reach, np.flatnonzero(expected))
+    assert expected.any() and not expected.all()
+
+
+def test_a_one_epoch_run_scores_nothing_and_says_the_curriculum_cannot_act(tokenizer, tmp_path, caplog):
+    trainer = gpt2_trainer(tokenizer, config(tmp_path, num_train_epochs=1), trainer_class=CountingScoringPasses)
+    with caplog.at_level(logging.WARNING, logger="hf_zpd.curriculum"):
+        trainer.train()
+    assert trainer.scoring_passes == 0 and not trainer.curriculum.history.tables
+    assert sorted(trainer.curriculum.epochs) == [1] and trainer.curriculum.zones == {}
+    assert "the curriculum never acts" in caplog.text and "epoch_fraction" in caplog.text
+    # A budget that ends inside the first epoch says so too; one that reaches a second epoch does not.
+    short = gpt2_trainer(tokenizer, config(tmp_path, "short", max_steps=4), trainer_class=CountingScoringPasses)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_zpd.curriculum"):
+        short.train()
+    assert short.scoring_passes == 0 and "trains 4 optimizer steps" in caplog.text
+    longer = gpt2_trainer(tokenizer, config(tmp_path, "longer", max_steps=8), trainer_class=CountingScoringPasses)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_zpd.curriculum"):
+        longer.train()
+    assert longer.scoring_passes == 1 and "never acts" not in caplog.text
 
 
 # ---- model families and collators ----
@@ -272,7 +313,7 @@ def test_classifier_with_padding_collator(tokenizer, tmp_path, remove_unused_col
     logs = zpd_logs(trainer)
     assert len(logs) == 2
     assert trainer.curriculum.latest_scores.vocab_size == 3  # V is the number of classes
-    assert trainer._zpd_labels is not None  # classification: class-balanced epochs
+    assert trainer._zpd_curriculum.labels is not None  # classification: class-balanced epochs
     assert np.isfinite(trainer.curriculum.latest_scores.loss).all()
     assert (trainer.curriculum.latest_scores.num_tokens == 1).all()
 
@@ -360,9 +401,9 @@ class CountingScoringPasses(ZPDTrainer):
 
     scoring_passes = 0
 
-    def _score_pool(self, boundary):
+    def _score_pool(self, indices):
         self.scoring_passes += 1
-        return super()._score_pool(boundary)
+        return super()._score_pool(indices)
 
 
 @pytest.mark.slow
@@ -405,8 +446,8 @@ def test_training_pass_source_reuses_the_training_statistics(tokenizer, tmp_path
 
 @pytest.mark.slow
 def test_training_pass_source_keeps_the_latest_statistics_of_each_example(tokenizer, tmp_path):
-    """Epoch 2 skips some examples: those it drew get statistics from epoch 2, the others keep epoch 1's; and the
-    only scoring pass is the guard's baseline before training (there is nothing to reuse then)."""
+    """Epoch 2 skips some examples: those it drew get statistics from epoch 2, the others keep epoch 1's; and no
+    scoring pass runs at all (the guard compares the training passes of consecutive epochs)."""
     trainer = gpt2_trainer(
         tokenizer,
         config(tmp_path, score_source="training_pass", num_train_epochs=3),
@@ -414,7 +455,7 @@ def test_training_pass_source_keeps_the_latest_statistics_of_each_example(tokeni
     )
     trainer.train()
     record = trainer.curriculum
-    assert trainer.scoring_passes == 1 and record.epochs[1].scored_at == 0
+    assert trainer.scoring_passes == 0 and record.epochs[1].scored_at is None
     after_epoch_1, after_epoch_2 = record.scores_for(2), record.scores_for(3)
     trained_in_epoch_2 = np.unique(trainer._zpd_sampler.epoch_indices(2))
     others = np.setdiff1d(np.arange(48), trained_in_epoch_2)

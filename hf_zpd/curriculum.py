@@ -1,0 +1,429 @@
+"""The curriculum of a run: what every epoch draws and why, an object a reader can follow without the Trainer.
+
+[`Curriculum`] owns the run's record (every epoch's draws, the zones, the score history), the learnability guard and
+the training passes' statistics, and calls the pure epoch composition (selection.py). The trainer
+(`ZPDTrainerMixin`) only translates the Trainer's hooks into calls on it:
+
+    train start       Curriculum(...)             the run's facts: sizes, seeds, labels, the steps it will take
+    epoch start       curriculum.begin_epoch(e)   plans epoch e if nothing did (the first epoch, or after a resume)
+    each batch        curriculum.observe(...)     what this step taught us: the batch's per-example statistics
+    epoch end         curriculum.end_epoch(e)     plans epoch e + 1, when one will train
+    the sampler       curriculum.plan_for(e)      what epoch e draws
+    checkpoints       curriculum.record, curriculum.training_pass_state()
+
+What needs the model or the other processes comes in as functions: `score_pool(indices)` runs the scoring pass over
+those training examples (collective), `merge(training_pass)` gathers the training passes' statistics of every
+process (collective), and `log(metrics)` logs. Every process holds the same curriculum and calls them together.
+
+Scores are taken only where they can change a draw: a scoring pass runs when a later epoch is composed from it,
+never after the last epoch, in a run that ends inside its uniform first epoch, or when a recorded curriculum is
+replayed. The learnability guard's first comparison needs a loss from before the first pass; it comes from the first
+epoch's own training passes, not from an extra pass before training (unless `score_before_training`).
+
+Epochs are numbered as the Trainer logs them: the first epoch is epoch 1. A scoring pass's boundary is the number of
+epochs trained before it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+from transformers.utils import logging
+
+from .band import band_around_level, log_difficulty
+from .record import CurriculumRecord, EpochDraw
+from .sampler import uniform_plan
+from .scoring import SCORE_COLUMNS, ScoreTable, TrainingPassScores
+from .selection import EpochPlan, anneal_samples, compose_epoch, guard_flags
+from .statistics import ExampleStatistics
+
+logger = logging.get_logger(__name__)
+
+
+class Curriculum:
+    """Plans every epoch of one run from the scores: uniform before any scores, then composed around the zone.
+
+    Args:
+        args ([`ZPDArguments`]): the curriculum's settings (a [`ZPDConfig`] or any config with those fields).
+        record ([`CurriculumRecord`]): the run's record, with its settings; the curriculum fills its epochs and
+            history.
+        num_samples (`int`): N, the fixed length of every epoch.
+        total_samples (`int`): the samples of the whole run (the annealing counts its last share).
+        global_batch_size (`int`): the samples of one optimizer step over every process (the smallest zone).
+        seed (`int`): the seed of the composition's random choices (`data_seed`, else `seed`).
+        shuffle_seed (`int`): the seed of the plain Trainer's shuffle, which uniform epochs follow.
+        labels (`np.ndarray` of int, *optional*): each example's class, for class balance.
+        score_pool (`Callable[[np.ndarray], tuple[ScoreTable, float]]`): scores those training examples, returns
+            the table and its seconds. Collective.
+        merge (`Callable[[TrainingPassScores], None]`): gathers every process's training-pass rows into the table.
+            Collective.
+        log (`Callable[[dict[str, float]], None]`): logs an epoch's `zpd/*` metrics.
+
+    Example:
+
+    ```python
+    >>> curriculum = Curriculum(ZPDArguments(), record, num_samples=64, total_samples=192, global_batch_size=8,
+    ...     seed=42, shuffle_seed=42, labels=None, score_pool=score, merge=merge, log=print)  # doctest: +SKIP
+    >>> curriculum.begin_epoch(1)  # uniform: the plain Trainer's order  # doctest: +SKIP
+    >>> curriculum.end_epoch(1, more_to_train=True)  # scores the pool, composes epoch 2 around the zone  # doctest: +SKIP
+    >>> curriculum.plan_for(2).counts  # doctest: +SKIP
+
+    ```
+    """
+
+    def __init__(
+        self,
+        args,
+        record: CurriculumRecord,
+        *,
+        num_samples: int,
+        total_samples: int,
+        global_batch_size: int,
+        seed: int,
+        shuffle_seed: int,
+        labels: np.ndarray | None,
+        score_pool: Callable[[np.ndarray], tuple[ScoreTable, float]],
+        merge: Callable[[TrainingPassScores], None],
+        log: Callable[[dict[str, float]], None],
+    ):
+        self.args = args
+        self.record = record
+        self.num_samples = num_samples
+        self.total_samples = total_samples
+        self.global_batch_size = global_batch_size
+        self.seed = seed
+        self.shuffle_seed = shuffle_seed
+        self.labels = labels
+        self._score_pool = score_pool
+        self._merge = merge
+        self._log = log
+        self.replaying = False
+        self.training_pass: TrainingPassScores | None = None
+        if self._collects_training_pass():
+            self.training_pass = TrainingPassScores(self.dataset_size)
+
+    @property
+    def dataset_size(self) -> int:
+        return self.record.dataset_size
+
+    @property
+    def first_zone_epoch(self) -> int:
+        """The first epoch drawn around a zone: 1 with `score_before_training`, else 2."""
+        return 1 if self.args.score_before_training else 2
+
+    def _collects_training_pass(self) -> bool:
+        """Whether the training passes' statistics can still change a draw: they are the scores with
+        `score_source="training_pass"`, and the guard's first baseline until the first scoring pass."""
+        if self.replaying:
+            return False
+        if self.args.score_source == "training_pass":
+            return True
+        return self.args.uses_learnability_guard and not self.record.history.tables
+
+    # ---- what the sampler asks ----
+
+    def plan_for(self, epoch: int) -> EpochPlan:
+        """What `epoch` draws: its recorded draw, or uniform before it is planned (for the sampler's length checks).
+
+        An epoch drawn uniformly is drawn in the plain Trainer's order, recomputed from the shuffle seed (the record
+        keeps counts, not orders).
+        """
+        draw = self.record.epochs.get(epoch)
+        uniform = uniform_plan(self.dataset_size, self.num_samples, self.shuffle_seed, epoch)
+        if draw is None:
+            return uniform
+        if draw.zone is None and np.array_equal(draw.counts, uniform.counts):
+            return uniform
+        return EpochPlan(draw.counts, draw.anneal_counts, draw.zone, draw.in_band, draw.out_of_reach)
+
+    # ---- the Trainer's moments ----
+
+    def warn_if_inactive(self, last_epoch: int, max_steps: int, steps_per_epoch: int) -> None:
+        """One log line when the run ends before any epoch can be drawn around a zone: then it trains as the plain
+        Trainer does, and scores nothing."""
+        if self.replaying or last_epoch >= self.first_zone_epoch:
+            return
+        logger.warning(
+            f"ZPDTrainer: this run trains {max_steps} optimizer steps, and its first epoch ({steps_per_epoch} steps) "
+            "is drawn uniformly because nothing is scored yet, so the curriculum never acts: the run trains as the "
+            "plain Trainer does, in its order, and scores nothing. To let it act within the same budget, set "
+            "epoch_fraction so that an epoch is at most half of it (e.g. epoch_fraction="
+            f"{max(0.01, math.floor(100 * max_steps / steps_per_epoch / 4) / 100):g}), or score_before_training=True "
+            "to draw the first epoch around a zone."
+        )
+
+    def begin_epoch(self, epoch: int, running_ppl: float | None = None) -> None:
+        """Plans `epoch` when no earlier moment did (the first epoch, or a resume before its plan)."""
+        if epoch not in self.record.epochs:
+            self._plan_epoch(epoch, running_ppl)
+
+    def end_epoch(self, epoch: int, more_to_train: bool, running_ppl: float | None = None) -> None:
+        """Plans epoch `epoch + 1` from scores taken now, if it will train."""
+        if more_to_train and epoch + 1 not in self.record.epochs:
+            self._plan_epoch(epoch + 1, running_ppl)
+
+    def observe(self, index, step: int, stats: ExampleStatistics) -> None:
+        """Keeps a training batch's per-example statistics, where a later draw can use them (no host sync)."""
+        if self.training_pass is not None and index is not None:
+            self.training_pass.add(index, step, stats)
+
+    def training_pass_state(self) -> tuple[ScoreTable, np.ndarray] | None:
+        """The training passes' statistics for a checkpoint (merged over processes: collective), or `None`."""
+        if self.training_pass is None:
+            return None
+        self._merge(self.training_pass)
+        return self.training_pass.table, self.training_pass.step
+
+    # ---- resume and replay ----
+
+    def restore(self, record: CurriculumRecord, training_pass: tuple[ScoreTable, np.ndarray] | None) -> None:
+        """Continues from a checkpoint's record (draws, zones, scoring passes) and training-pass statistics."""
+        self.record.epochs, self.record.history = record.epochs, record.history
+        self.training_pass = None
+        if self._collects_training_pass():
+            self.training_pass = TrainingPassScores(self.dataset_size)
+            if training_pass is not None:
+                self.training_pass.table, self.training_pass.step = training_pass
+
+    def replay(self, record: CurriculumRecord, epochs: list[int], resumed_from: str | None) -> None:
+        """Draws every epoch as `record` drew it, with no scoring pass (`replay_curriculum`).
+
+        Raises:
+            `ValueError`: the record does not fit this run (see [`CurriculumRecord.check_replay`]), or the
+                checkpoint resumed from drew an epoch differently.
+        """
+        for epoch, draw in self.record.epochs.items():  # restored from a checkpoint of an earlier replay
+            if not np.array_equal(draw.counts, record.epochs[epoch].counts):
+                raise ValueError(
+                    f"The checkpoint {resumed_from} drew epoch {epoch} differently from the replayed curriculum "
+                    f"{record.source}: resume it with the replay_curriculum it was trained with."
+                )
+        self.record.epochs = dict(record.epochs)
+        self.record.history = record.history
+        self.record.settings = dict(record.settings, replayed_from=self.args.replay_curriculum)
+        self.replaying = True
+        self.training_pass = None
+        logger.info(f"Replaying the curriculum {record.source}: epochs {sorted(record.epochs)} draw as recorded.")
+
+    # ---- planning ----
+
+    def _is_scoring_boundary(self, epoch: int) -> bool:
+        """Scoring passes run before the first zone epoch and every `rescore_every` epochs after it."""
+        first = self.first_zone_epoch
+        return epoch >= first and (epoch - first) % self.args.rescore_every == 0
+
+    def _plan_epoch(self, epoch: int, running_ppl: float | None) -> None:
+        """Decides what `epoch` draws: uniformly before any scores, else the composition around the zone."""
+        record, boundary = self.record, epoch - 1
+        metrics: dict[str, float] = {"zpd/epoch": float(epoch)}
+        if epoch < self.first_zone_epoch:
+            plan = uniform_plan(self.dataset_size, self.num_samples, self.shuffle_seed, epoch)
+            metrics.update({"zpd/uniform": 1.0, "zpd/num_skipped": float((plan.counts == 0).sum())})
+            record.epochs[epoch] = EpochDraw(epoch, plan.counts, plan.anneal_counts, metrics=metrics)
+            self._log(dict(metrics))
+            return
+        latest = record.history.latest(before=epoch)
+        rescored = self._is_scoring_boundary(epoch) or latest is None
+        guard_baseline = None
+        if rescored:
+            if not self._is_scoring_boundary(epoch):
+                logger.warning(f"No scores to reuse for epoch {epoch}: scoring the pool now.")
+            table, seconds, guard_baseline = self._scores_for_zone(boundary)
+            previous = record.history.latest(before=boundary + 1)
+            record.history.tables[boundary] = table
+            metrics["zpd/scoring_seconds"] = seconds
+            if previous is not None:
+                metrics.update(learning_progress(previous[1], table, record.epochs.get(epoch - 1)))
+            latest = (boundary, table)
+        scored_at, table = latest
+        plan = self.compose(epoch, scored_at, table, guard_baseline)
+        metrics.update(self._pool_metrics(table, plan, running_ppl))
+        metrics["zpd/rescored"] = float(rescored)
+        bands = {
+            -1 if group.label is None else group.label: tuple(
+                math.exp(v) for v in (group.log_level, group.log_lower, group.log_upper)
+            )
+            for group in plan.groups
+        }
+        record.epochs[epoch] = EpochDraw(
+            epoch,
+            plan.counts,
+            plan.anneal_counts,
+            zone=plan.zone,
+            in_band=plan.in_band,
+            out_of_reach=plan.out_of_reach,
+            scored_at=scored_at,
+            bands=bands,
+            metrics=metrics,
+        )
+        self._log(dict(metrics))
+
+    def _scores_for_zone(self, boundary: int) -> tuple[ScoreTable, float, ScoreTable | None]:
+        """The scores behind a zone, their seconds, and the guard's baseline when it comes from the training passes.
+
+        A scoring pass over the pool, or (`score_source="training_pass"`) the training passes' statistics since the
+        last zone laid over the latest scores. With the scoring-pass source, the first pass's guard baseline is the
+        loss each example had when the training passes before it drew it.
+        """
+        source = self.training_pass
+        start = time.perf_counter()
+        if source is not None:
+            self._merge(source)
+        if self.args.score_source == "training_pass" and source is not None and source.num_scored() > 0:
+            latest = self.record.latest_scores
+            table = ScoreTable.empty(self.dataset_size) if latest is None else latest.copy()
+            fresh = ~np.isnan(source.step)
+            for column in SCORE_COLUMNS:
+                getattr(table, column)[fresh] = getattr(source.table, column)[fresh]
+            table.vocab_size = source.table.vocab_size
+            source.clear()
+            return table, time.perf_counter() - start, None
+        table, seconds = self._score_pool(self.pool_indices(boundary))
+        baseline = None
+        if source is not None and self.args.score_source == "scoring_pass":
+            baseline = source.table if source.num_scored() > 0 else None
+            self.training_pass = None  # the guard's later baselines are earlier scoring passes
+        return table, seconds, baseline
+
+    def pool_indices(self, boundary: int) -> np.ndarray:
+        """The training examples the pass at `boundary` scores: all, or a seeded random pool of
+        `scoring_pool_size`."""
+        size = self.dataset_size
+        pool_size = self.args.scoring_pool_size
+        if pool_size is None or pool_size >= size:
+            return np.arange(size, dtype=np.int64)
+        rng = np.random.default_rng([self.seed, boundary, 1])
+        return np.sort(rng.choice(size, size=pool_size, replace=False)).astype(np.int64)
+
+    def log_difficulty(self, table: ScoreTable) -> np.ndarray:
+        return log_difficulty(table.competence(self.args.effective_competence_weights), table.vocab_size)
+
+    def compose(
+        self, epoch: int, scored_at: int, table: ScoreTable, guard_baseline: ScoreTable | None = None
+    ) -> EpochPlan:
+        """The epoch's draw counts from the pass at `scored_at` (selection.py), with the guard's flags."""
+        drawable = table.finite() & (table.num_tokens > 0)
+        if not drawable.any():
+            pool = int((~np.isnan(table.num_tokens)).sum())
+            no_targets = int((table.num_tokens == 0).sum())
+            raise RuntimeError(
+                f"None of the {pool} scored examples has finite statistics ({no_targets} have no supervised "
+                "token, the rest gave NaN or inf logits). If the labels are all -100, check the collator and the "
+                "label column; if the model diverged, lower the learning rate, set max_grad_norm, or use bf16 "
+                "instead of fp16. The last checkpoint is intact."
+            )
+        args = self.args
+        num_anneal = 0
+        if args.composition == "zone_and_fill":
+            num_anneal = anneal_samples(epoch, self.num_samples, self.total_samples, args.anneal_fraction)
+        out_of_reach = None
+        if args.uses_learnability_guard:
+            out_of_reach = self.out_of_reach(scored_at, guard_baseline)
+        plan = compose_epoch(
+            args.composition_policy(self.global_batch_size),
+            self.num_samples,
+            self.log_difficulty(table),
+            drawable,
+            seed=self.seed,
+            epoch=epoch,
+            labels=self.labels,
+            out_of_reach=out_of_reach,
+            num_anneal=num_anneal,
+        )
+        if plan.metrics["zpd/num_widened"]:
+            logger.info(
+                f"Epoch {epoch}: the ZPD band held {int(plan.metrics['zpd/num_in_band'])} drawable examples, fewer "
+                f"than the minimum: widened by the {int(plan.metrics['zpd/num_widened'])} nearest (zpd/num_widened)."
+            )
+        return plan
+
+    def out_of_reach(self, boundary: int, baseline: ScoreTable | None = None) -> np.ndarray:
+        """The learnability guard's flags after the pass at `boundary`: from that pass and the one before it, or,
+        for the first pass, from `baseline` (the losses the first epoch's training passes measured)."""
+        record = self.record
+        size = self.dataset_size
+        flagged = np.zeros(size, dtype=bool)
+        for draw in record.epochs.values():
+            if draw.scored_at == boundary:  # an earlier epoch composed from this pass: the flags it set
+                flagged[draw.out_of_reach] = True
+                return flagged
+        previous = record.history.latest(before=boundary)
+        if previous is not None:
+            previous_boundary, before = previous
+            for draw in record.epochs.values():
+                if draw.scored_at == previous_boundary:  # the flags the previous pass set
+                    flagged[draw.out_of_reach] = True
+                    break
+        elif baseline is not None:
+            previous_boundary, before = 0, baseline
+        else:
+            return flagged
+        # The epochs trained between the two measurements: previous_boundary + 1, ..., boundary.
+        drawn = np.zeros(size, dtype=bool)
+        for epoch in range(previous_boundary + 1, boundary + 1):
+            if epoch in record.epochs:
+                drawn |= record.epochs[epoch].counts > 0
+        after = record.history.tables[boundary]
+        return guard_flags(
+            flagged,
+            before.loss,
+            after.loss,
+            drawn,
+            self.log_difficulty(after),
+            after.finite() & (after.num_tokens > 0),
+            self.labels if self.args.class_balance else None,
+        )
+
+    def _pool_metrics(self, table: ScoreTable, plan: EpochPlan, running_ppl: float | None) -> dict[str, float]:
+        """The pool's and the zone's statistics for the log, and the draw's own metrics."""
+        weights = self.args.effective_competence_weights
+        pool = np.flatnonzero(~np.isnan(table.num_tokens))
+        finite = table.finite()
+        no_targets = table.num_tokens[pool] == 0
+        log_level, log_lower, log_upper = band_around_level(
+            self.log_difficulty(table)[pool], self.args.band_lower, self.args.band_upper, finite[pool]
+        )
+        metrics = {
+            "zpd/ppl": float(np.exp(table.loss[pool][finite[pool]].mean())),
+            "zpd/level": math.exp(log_level),
+            "zpd/band_lower": math.exp(log_lower),
+            "zpd/band_upper": math.exp(log_upper),
+            "zpd/zone_fraction": plan.metrics["zpd/num_in_band"] / pool.size,
+            "zpd/num_scored": float(pool.size),
+            "zpd/num_nonfinite": float((~finite[pool] & ~no_targets).sum()),
+            "zpd/num_no_targets": float(no_targets.sum()),
+        }
+        if running_ppl is not None and math.isfinite(running_ppl):  # none before the first training step
+            metrics["zpd/running_ppl"] = running_ppl
+        example_competence = table.competence(weights)
+        for group, members in (("pool", pool[finite[pool]]), ("selected", plan.zone)):
+            for name, values in (
+                ("loss", table.loss),
+                ("confidence", table.confidence),
+                ("entropy", table.entropy),
+                ("competence", example_competence),
+            ):
+                metrics[f"zpd/{group}_{name}"] = float(values[members].mean()) if members.size else math.nan
+        metrics.update(plan.metrics)
+        return metrics
+
+
+def learning_progress(before: ScoreTable, after: ScoreTable, trained: EpochDraw | None) -> dict[str, float]:
+    """How much the loss of the zone that was just trained on fell, against the rest of the pool (the hit rate)."""
+    if trained is None or trained.zone is None:
+        return {}
+    both = before.finite() & after.finite()
+    selected = np.zeros(len(after), dtype=bool)
+    selected[trained.zone] = True
+    drop = before.loss - after.loss
+    in_zone, others = drop[both & selected], drop[both & ~selected]
+    if in_zone.size == 0 or others.size == 0:
+        return {}
+    return {
+        "zpd/selected_loss_drop": float(in_zone.mean()),
+        "zpd/other_loss_drop": float(others.mean()),
+        "zpd/hit_rate": float((in_zone > others.mean()).mean()),
+    }
