@@ -43,3 +43,23 @@ def package_version(name: str = "hf_zpd") -> str:
         return version(name)
     except PackageNotFoundError:
         return "unknown"
+
+
+# Project-URL labels that point at the project itself, most specific first (PEP 753's well-known labels).
+_HOME_LABELS = ("homepage", "repository", "source", "sourcecode", "github", "documentation", "docs")
+
+
+def package_homepage(name: str = "hf_zpd") -> str | None:
+    """The project's home page from the installed package's metadata (`[project.urls]` in pyproject.toml), or `None`
+    when none is set: the one place to set the link the cards carry, so that no card links a page that is not there."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        entries = metadata(name).get_all("Project-URL") or []
+    except PackageNotFoundError:
+        return None
+    urls = {}
+    for entry in entries:
+        label, _, url = entry.partition(",")
+        urls.setdefault(label.strip().lower().replace(" ", "").replace("-", "").replace("_", ""), url.strip())
+    return next((urls[label] for label in _HOME_LABELS if urls.get(label)), None)

@@ -12,7 +12,7 @@ import re
 from importlib import resources
 from typing import Any
 
-from ._io import package_version
+from ._io import package_homepage, package_version
 from .epoch_table import render_epoch_table
 from .record import RECORD_FORMAT_VERSION, RECORD_NAME, CurriculumRecord
 
@@ -76,6 +76,7 @@ def card_context(record: CurriculumRecord, repo_id: str | None = None) -> dict[s
     return {
         "repo_id": repo_id or "LOCAL_PATH_OR_REPO_ID",
         "hf_zpd_version": package_version(),
+        "hf_zpd_url": package_homepage(),
         "format_version": RECORD_FORMAT_VERSION,
         "record_name": RECORD_NAME,
         "id_column": record.id_column,

@@ -18,7 +18,7 @@ was scored for the epoch or drawn in it):
 | `example_id` | int64 or string | the example's id, from the dataset's id column (only when it has one) |
 | `label` | int64 | the example's class, when the epoch was class-balanced (null otherwise) |
 | `in_zone` | bool | in the zone the epoch was drawn around (after any widening) |
-| `in_band` | bool | inside its band before widening |
+| `in_band` | bool | inside its band before widening, and drawable: an in-band example the guard put out of reach is `False` here (and `True` in `out_of_reach`) |
 | `out_of_reach` | bool | excluded by the learnability guard |
 | `draws` | int64 | how many times the epoch drew the example (annealing draws included) |
 | `anneal_draws` | int64 | how many of those were the uniform annealing draws at the end of the epoch |
@@ -118,7 +118,8 @@ class EpochDraw:
         anneal_counts (`np.ndarray` of int64, shape `(dataset_size,)`): the uniform annealing part of `counts`.
         zone (`np.ndarray` of int64, *optional*): the zone (ascending dataset indices); `None` for an epoch drawn
             uniformly because no scores existed yet.
-        in_band (`np.ndarray` of int64): examples inside their band before widening.
+        in_band (`np.ndarray` of int64): drawable examples inside their band before widening (not those the guard
+            put out of reach).
         out_of_reach (`np.ndarray` of int64): examples the learnability guard excluded.
         scored_at (`int`, *optional*): the boundary of the scoring pass behind the epoch; `None` if none.
         bands (`dict`): the band of each group, `label -> (level, lower, upper)` on the difficulty scale; the label

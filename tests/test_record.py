@@ -102,8 +102,9 @@ def test_record_round_trip(recorded):
     assert settings["competence_weights"] == [0.4, 0.35, 0.25] and settings["replay_fraction"] == 0.25
     assert settings["composition"] == "zone_and_fill" and settings["zone_repeats"] == 2
     assert record.id_column == "id" and record.example_ids[5] == "ex-005"
-    # Every scoring pass is kept, bitwise: the guard's baseline (0) and the passes after epochs 1 and 2.
-    assert sorted(record.history.tables) == [0, 1, 2]
+    # Every scoring pass is kept, bitwise: the passes after epochs 1 and 2 (none before training: the guard's first
+    # baseline is the first epoch's own training passes).
+    assert sorted(record.history.tables) == [1, 2]
     for boundary, table in live.history.tables.items():
         loaded = record.history.tables[boundary]
         for column in ("loss", "confidence", "entropy", "num_tokens"):
@@ -138,7 +139,7 @@ def test_record_written_at_train_end_and_in_every_checkpoint(recorded):
         assert not [name for name in os.listdir(checkpoint) if name.endswith(".tmp")]
     # The checkpoint after the first epoch already holds the second epoch's draw (planned at that epoch's end).
     first = load_curriculum(str(output_dir / "checkpoint-6"))
-    assert sorted(first.epochs) == [1, 2] and sorted(first.history.tables) == [0, 1]
+    assert sorted(first.epochs) == [1, 2] and sorted(first.history.tables) == [1]
     np.testing.assert_array_equal(first.epochs[2].counts, trainer.curriculum.epochs[2].counts)
 
 
@@ -323,6 +324,47 @@ def test_model_card_gets_a_curriculum_section(recorded):
     assert card.text.count("## ZPD curriculum") == 1
     trainer.create_model_card()  # rendering twice does not repeat the section
     assert ModelCard.load(str(output_dir / "README.md")).text.count("## ZPD curriculum") == 1
+
+
+@pytest.mark.parametrize("homepage", [None, "https://example.org/hf_zpd"])
+def test_cards_link_the_project_only_where_its_metadata_names_a_home_page(recorded, monkeypatch, homepage):
+    """The link comes from the installed package's metadata; without one, the cards name hf_zpd with no link (a
+    dead link in every pushed card is worse than none)."""
+    trainer, output_dir = recorded
+    monkeypatch.setattr("hf_zpd.cards.package_homepage", lambda: homepage)
+    dataset_text = str(dataset_card(trainer.curriculum, "someone/run-curriculum"))
+    trainer.create_model_card()
+    model_text = ModelCard.load(str(output_dir / "README.md")).text
+    for text in (dataset_text, model_text):
+        assert "github.com/hf-zpd" not in text
+        if homepage is None:
+            assert "hf_zpd](" not in text and "with hf_zpd " in text
+        else:
+            assert f"[hf_zpd]({homepage})" in text
+
+
+def test_package_homepage_reads_the_project_urls(monkeypatch):
+    from hf_zpd import _io
+
+    class Metadata:
+        def __init__(self, urls):
+            self.urls = urls
+
+        def get_all(self, key):
+            return self.urls if key == "Project-URL" else None
+
+    monkeypatch.setattr(
+        "importlib.metadata.metadata", lambda name: Metadata(["Issues, https://x/i", "Homepage, https://x"])
+    )
+    assert _io.package_homepage() == "https://x"
+    monkeypatch.setattr("importlib.metadata.metadata", lambda name: Metadata(["Issues, https://x/issues"]))
+    assert _io.package_homepage() is None  # not a label that names the project's home
+    monkeypatch.setattr("importlib.metadata.metadata", lambda name: Metadata(["Source Code, https://x/src"]))
+    assert _io.package_homepage() == "https://x/src"
+    monkeypatch.setattr("importlib.metadata.metadata", lambda name: Metadata(["Repository, https://x/repo"]))
+    assert _io.package_homepage() == "https://x/repo"
+    monkeypatch.setattr("importlib.metadata.metadata", lambda name: Metadata([]))
+    assert _io.package_homepage() is None
 
 
 def test_dataset_card_documents_columns_settings_and_epochs(recorded):
