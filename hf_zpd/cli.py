@@ -20,10 +20,9 @@ import numpy as np
 if TYPE_CHECKING:
     from transformers import EvalPrediction, HfArgumentParser
 
-# transformers, torch and datasets are imported inside the commands, so that `hf-zpd --help` answers at once; data.py
-# takes these two names from here for the same reason.
-DEFAULT_DATASET = "tweets"
-TASKS = ("classification", "causal_lm")
+from .tasks import DEFAULT_DATASET, TASKS
+
+# transformers, torch and datasets are imported inside the commands, so that `hf-zpd --help` answers at once.
 
 USAGE = """usage: hf-zpd {train,score,report} [flags]
 
@@ -270,6 +269,9 @@ class TrainedRun:
     final_metric: tuple[str, float] | None = None
     train_seconds: float | None = None
     steps: int = 0
+    first_epoch_metric: tuple[str, float] | None = None
+    scoring_seconds: float = 0.0
+    scoring_passes: int = 0
 
 
 def dataclasses_replace(args, **changes):
@@ -317,11 +319,18 @@ def _train_once(data_args: DataArguments, training_args, plain: bool) -> Trained
 
         summary += "\n" + LEGEND
     evals = evaluations(trainer.state.log_history)
-    metric = None
+    metric = first_epoch = None
     if evals:
         name = "eval_accuracy" if "eval_accuracy" in evals[-1] else "eval_loss"
         metric = (name, float(evals[-1][name]))
-    return TrainedRun(True, summary, label, metric, output.metrics.get("train_runtime"), output.global_step)
+        at_first_epoch = [e for e in evals if name in e and math.isclose(e.get("epoch", 0.0), 1.0)]
+        first_epoch = (name, float(at_first_epoch[0][name])) if at_first_epoch else None
+    passes = []
+    if not plain and trainer.curriculum is not None:
+        passes = [d.metrics["zpd/scoring_seconds"] for d in trainer.curriculum.epochs.values()
+                  if "zpd/scoring_seconds" in d.metrics]  # fmt: skip
+    return TrainedRun(True, summary, label, metric, output.metrics.get("train_runtime"), output.global_step,
+                      first_epoch, sum(passes), len(passes))  # fmt: skip
 
 
 def comparison(zpd: TrainedRun, plain: TrainedRun) -> str:
@@ -337,10 +346,26 @@ def comparison(zpd: TrainedRun, plain: TrainedRun) -> str:
             f"(ZPD - plain: {scale * (ours - theirs):+.2f}{unit}; one run each, so this is one sample of the seed "
             "spread: examples/results/study/ measures it over seeds)"
         )
+    if (
+        zpd.first_epoch_metric
+        and plain.first_epoch_metric
+        and zpd.first_epoch_metric[0] == plain.first_epoch_metric[0]
+    ):
+        name, ours = zpd.first_epoch_metric
+        theirs = plain.first_epoch_metric[1]
+        paired = (
+            "the same: both runs trained the same batches in the same order, so the comparison is paired"
+            if math.isclose(ours, theirs, rel_tol=1e-3, abs_tol=1e-4)
+            else "they differ, so the first epochs did not train the same batches"
+        )
+        lines.append(f"  after epoch 1 (uniform in both): {name.removeprefix('eval_')} ZPD {ours:.4f}, plain "
+                     f"{theirs:.4f}; {paired}")  # fmt: skip
     if zpd.train_seconds and plain.train_seconds:
+        share = f", of which {zpd.scoring_seconds:.0f} s ({100 * zpd.scoring_seconds / zpd.train_seconds:.0f}%) in "
+        share += f"{zpd.scoring_passes} scoring passes" if zpd.scoring_passes else " (no scoring pass)"
         lines.append(
-            f"  training time: ZPD {zpd.train_seconds:.0f} s (scoring passes included), plain {plain.train_seconds:.0f} s"
-            f"; {zpd.steps} and {plain.steps} optimizer steps"
+            f"  training time: ZPD {zpd.train_seconds:.0f} s{share}; plain {plain.train_seconds:.0f} s; "
+            f"{zpd.steps} and {plain.steps} optimizer steps"
         )
     return "\n".join(lines)
 

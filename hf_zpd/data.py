@@ -27,7 +27,7 @@ from transformers import (
 from transformers.utils import logging
 
 from .cards import model_display_name
-from .cli import DEFAULT_DATASET, TASKS
+from .tasks import DEFAULT_DATASET, TASKS
 
 logger = logging.get_logger(__name__)
 

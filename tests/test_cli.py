@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -94,6 +95,13 @@ def test_help_answers_without_importing_transformers():
     code = "import sys; from hf_zpd.cli import main; main(['--help']); print(sorted({'transformers', 'torch', 'datasets'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_loaders_do_not_import_the_command_line():
+    """data.py takes the task names from tasks.py: importing the loaders does not import the CLI (no import circle)."""
+    code = "import sys, hf_zpd.data; print('hf_zpd.cli' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "False"
 
 
 def test_console_script_is_installed():
@@ -234,6 +242,12 @@ def test_compare_plain_trainer_prints_both_runs_side_by_side(tmp_path, classifie
         f"final accuracy: ZPD {ours:.4f}, plain {theirs:.4f} (ZPD - plain: {100 * (ours - theirs):+.2f} points" in out
     )
     assert zpd_state["global_step"] == plain_state["global_step"]
+    # Epoch 1 is the Trainer's own (same batches, same order), so its evaluation is the plain run's: a paired run.
+    first = [[e["eval_accuracy"] for e in state["log_history"] if e.get("epoch") == 1.0 and "eval_accuracy" in e]
+             for state in (zpd_state, plain_state)]  # fmt: skip
+    assert first[0] == pytest.approx(first[1], abs=1e-4)
+    assert "both runs trained the same batches in the same order, so the comparison is paired" in out
+    assert re.search(r"training time: ZPD \d+ s, of which \d+ s \(\d+%\) in 1 scoring passes; plain \d+ s", out)
 
 
 def test_a_new_head_is_reported_in_one_plain_line(tmp_path, tokenizer, caplog):
