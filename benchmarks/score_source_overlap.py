@@ -22,6 +22,7 @@ from transformers import TrainerCallback, set_seed
 from transformers.utils import logging as transformers_logging
 
 from hf_zpd import ZPDConfig, ZPDTrainer
+from hf_zpd.curriculum import Curriculum
 from hf_zpd.data import (
     TWEET_LABELS,
     data_collator_for,
@@ -35,7 +36,7 @@ from hf_zpd.selection import compose_epoch
 HERE = Path(__file__).resolve().parent
 
 
-class OverlapProbe(ZPDTrainer):
+class OverlapCurriculum(Curriculum):
     """Chooses zones from the training passes, and also selects from a fresh scoring pass to compare."""
 
     def __init__(self, *args, **kwargs):
@@ -43,15 +44,15 @@ class OverlapProbe(ZPDTrainer):
         self.comparisons = []
 
     def _scores_for_zone(self, boundary):
-        table, merge_seconds = super()._scores_for_zone(boundary)
-        fresh, fresh_seconds = self._score_pool(boundary)
+        table, merge_seconds, baseline = super()._scores_for_zone(boundary)
+        fresh, fresh_seconds = self._score_pool(self.pool_indices(boundary))
         zones = {}
         for name, scores in (("training_pass", table), ("scoring_pass", fresh)):
             # The zone the epoch after this boundary would be drawn around, from these scores (no guard flags).
             drawable = scores.finite() & (scores.num_tokens > 0)
-            policy = self.args.composition_policy(self.get_total_train_batch_size(self.args))
-            plan = compose_epoch(policy, self._num_samples, self._log_difficulty(scores), drawable,
-                                 self._curriculum_seed, boundary + 1, self._zpd_labels)  # fmt: skip
+            policy = self.args.composition_policy(self.global_batch_size, self.progress(boundary + 1))
+            plan = compose_epoch(policy, self.num_samples, self.log_difficulty(scores), drawable, self.seed,
+                                 boundary + 1, self.labels)  # fmt: skip
             zones[name] = set(plan.zone.tolist())
         common = len(zones["training_pass"] & zones["scoring_pass"])
         self.comparisons.append(
@@ -66,7 +67,11 @@ class OverlapProbe(ZPDTrainer):
                 "scoring_pass_seconds": fresh_seconds,
             }
         )
-        return table, merge_seconds
+        return table, merge_seconds, baseline
+
+
+class OverlapProbe(ZPDTrainer):
+    curriculum_class = OverlapCurriculum
 
 
 class EpochTimer(TrainerCallback):
@@ -126,7 +131,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     rows = []
-    for row in trainer.comparisons:
+    for row in trainer._zpd_curriculum.comparisons:
         epoch_seconds = timer.seconds[row["epoch"] - 1]
         rows.append(row | {"epoch_seconds": epoch_seconds})
         print(

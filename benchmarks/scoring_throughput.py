@@ -153,7 +153,8 @@ def main() -> None:
                     use_cpu=True,
                     disable_tqdm=True,
                     num_train_epochs=2,
-                    max_steps=len(pool) // args.train_batch + 1,  # epoch 0 and the first step of epoch 1
+                    max_steps=len(pool) // args.train_batch + 1,  # the first epoch and one step of the second
+                    epoch_fraction=1.0,  # whole-pass epochs (a budget this short would otherwise get small ones)
                     per_device_train_batch_size=args.train_batch,
                     scoring_batch_size=args.batch,
                     score_source=source,

@@ -17,6 +17,8 @@ _EXPORTS = {
     "CurriculumRecord": "record",
     "EpochDraw": "record",
     "load_curriculum": "hub",
+    "likely_label_errors": "label_errors",
+    "Curriculum": "curriculum",
     "push_curriculum": "hub",
     "ZPDSampler": "sampler",
     "samples_per_epoch": "sampler",
@@ -36,7 +38,9 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from .band import ZoneSelection, select_zone
     from .config import ZPDArguments, ZPDConfig
+    from .curriculum import Curriculum
     from .hub import load_curriculum, push_curriculum
+    from .label_errors import likely_label_errors
     from .record import CurriculumRecord, EpochDraw
     from .sampler import ZPDSampler, samples_per_epoch
     from .scoring import ScoreTable
@@ -62,6 +66,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "CompositionPolicy",
+    "Curriculum",
     "CurriculumRecord",
     "EpochDraw",
     "EpochPlan",
@@ -77,6 +82,7 @@ __all__ = [
     "ZoneSelection",
     "competence",
     "compose_epoch",
+    "likely_label_errors",
     "load_curriculum",
     "per_example_statistics",
     "push_curriculum",

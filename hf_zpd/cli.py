@@ -24,11 +24,12 @@ from .tasks import DEFAULT_DATASET, TASKS
 
 # transformers, torch and datasets are imported inside the commands, so that `hf-zpd --help` answers at once.
 
-USAGE = """usage: hf-zpd {train,score,report} [flags]
+USAGE = """usage: hf-zpd {train,score,report,label-errors} [flags]
 
   hf-zpd train            fine-tune with the ZPD curriculum (no flags: all-MiniLM-L6-v2 on the built-in tweets)
   hf-zpd score            score a dataset with a model; per-example statistics to parquet
   hf-zpd report RUN_DIR   plots and a markdown summary of a run
+  hf-zpd label-errors SRC the likely label errors of a run (RUN_DIR) or of scores (FILE.parquet), to CSV
 
 `hf-zpd COMMAND --help` lists a command's own flags and the curriculum's; `--help-all` adds every TrainingArguments flag.
 """
@@ -418,13 +419,53 @@ def report_command(argv: list[str]) -> int:
     return 0
 
 
+def label_errors_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hf-zpd label-errors",
+        description="List the training examples a run found out of reach (likely label errors), or those the high-loss "
+        "rule finds in the scores of hf-zpd score, highest loss first.",
+    )
+    parser.add_argument(
+        "source", help="A run's output_dir (or its zpd_curriculum.parquet), or a file of hf-zpd score."
+    )
+    parser.add_argument("--output", default=None, help="A CSV file to write the whole list to.")
+    parser.add_argument("--dataset", default=None, help="The training data (as for hf-zpd train), to show its text.")
+    parser.add_argument("--text_column", default="text", help="The dataset's text column (default: text).")
+    parser.add_argument(
+        "--seed", type=int, default=TRAIN_DEFAULTS["seed"], help="The run's seed (its held-out split)."
+    )
+    parser.add_argument("--top", type=int, default=20, help="How many rows to print.")
+    args = parser.parse_args(argv)
+    from ._io import atomic_write_bytes
+    from .label_errors import likely_label_errors
+
+    dataset = None
+    if args.dataset is not None:
+        from .data import load_splits
+
+        dataset = load_splits(args.dataset, args.seed)["train"]
+    errors = likely_label_errors(args.source, dataset=dataset, text_column=args.text_column if dataset else None)
+    print(f"{len(errors)} likely label errors in {args.source}" + (":" if len(errors) else "."))
+    if len(errors):
+        print(errors.head(args.top).to_string(index=False, max_colwidth=80))
+    if args.output is not None:
+        atomic_write_bytes(args.output, errors.to_csv(index=False).encode())
+        print(f"Wrote {args.output}")
+    return 0
+
+
 def model_label(model_path: str) -> str:
     """A short name for a model folder or Hub id, for summaries."""
     label = os.path.basename(os.path.normpath(model_path))
     return "all-MiniLM-L6-v2" if label == "model" else label  # the pip package's folder is just called "model"
 
 
-COMMANDS = {"train": train_command, "score": score_command, "report": report_command}
+COMMANDS = {
+    "train": train_command,
+    "score": score_command,
+    "report": report_command,
+    "label-errors": label_errors_command,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,13 @@ from .alignment import LABEL_ALIGNMENTS
 from .selection import COMPOSITIONS, FILL_RULES, CompositionPolicy
 from .statistics import COMPOSITE_WEIGHTS, LOSS_ONLY_WEIGHTS
 
-DIFFICULTY_MODES = ("composite", "loss")
+DIFFICULTY_MODES = ("composite", "loss", "reducible")
+OUT_OF_REACH_RULES = ("learnability_guard", "high_loss", "reference", "none")
+PACINGS = ("fixed", "rising")
+# `pacing="rising"`: the band's edges start at this share of the seed's, below the level (Wu et al.'s easy first).
+RISING_BAND_START = 2 / 3
+# `composition="easy_first"`: the share of each class, easiest first, that the first composed epoch cycles through.
+EASY_FIRST_START = 0.5
 SCORE_SOURCES = ("scoring_pass", "training_pass")
 
 
@@ -48,7 +54,12 @@ class ZPDArguments:
     difficulty_mode (`str`, *optional*, defaults to `"composite"`):
         `"composite"` scores difficulty from the competence `0.4 loss + 0.35 confidence + 0.25 entropy` (weights set
         by `competence_weights`); `"loss"` uses the loss alone (ablation A1), which makes difficulty the example's
-        perplexity.
+        perplexity; `"reducible"` uses the reducible loss of RHO-LOSS, the learner's loss minus a reference model's
+        (`reference_scores` or the trainer's `reference_model`), so that difficulty is exp(learner - reference loss).
+    pacing (`str`, *optional*, defaults to `"fixed"`):
+        Where the band sits over training. `"fixed"`: at `[band_lower, band_upper] x D` in every epoch (the seed's
+        band). `"rising"`: below the level early, rising with training: both edges are multiplied by a factor that
+        grows linearly from 2/3 at the start of training to 1 where annealing begins.
     competence_weights (`list[float]`, *optional*, defaults to `[0.4, 0.35, 0.25]`):
         The (loss, confidence, entropy) weights of the composite competence; non-negative, summing to 1. Ignored in
         `"loss"` mode.
@@ -57,9 +68,11 @@ class ZPDArguments:
 
     composition (`str`, *optional*, defaults to `"zone_and_fill"`):
         `"zone_and_fill"`: each zone example is drawn up to `zone_repeats` times and the rest of the epoch is filled
-        from outside the zone (`fill`), with `class_balance`, `learnability_guard` and `anneal_fraction`.
+        from outside the zone (`fill`), with `class_balance`, `out_of_reach` and `anneal_fraction`.
         `"zone_only"`: the seed's literal rule, every sample of the epoch cycles through the zone (plus
-        `replay_fraction`); the composition fields below are then unused.
+        `replay_fraction`); the composition fields below are then unused. `"easy_first"`: the easy-to-hard pacing
+        of Wu, Dyer and Neyshabur (ICLR 2021), no band: each epoch cycles through the easiest share of each class,
+        a share that grows linearly from 1/2 at the start of training to all of it where annealing begins.
     zone_repeats (`int`, *optional*, defaults to `2`):
         k, the most times a zone example is drawn in one epoch. With the epoch as large as the pool, k = 1 is uniform
         sampling; k > 1 emphasises the zone and skips the examples farthest from the model's level.
@@ -73,12 +86,20 @@ class ZPDArguments:
         Classification only: the level D, the band and the minimum zone per class, and each class's share of the
         epoch kept at its share of the pool, so the zone never starves a class. Ignored when examples carry no single
         class label (causal LM, seq2seq).
-    learnability_guard (`bool`, *optional*, defaults to `True`):
-        An example that was drawn and trained on but whose loss did not fall between two measurements, and that is
-        not below the model's level, is out of reach: it never enters the zone and comes last in the fill. The first
-        measurement is free: the loss each example had when the first epoch's training passes drew it (train mode),
-        compared with the scoring pass after that epoch; later ones compare consecutive scoring passes. (With
-        `score_before_training`, the pass before training is the first measurement.)
+    out_of_reach (`str`, *optional*, defaults to `"learnability_guard"`):
+        Which examples are out of reach: never in the zone, however near the band. `"learnability_guard"`: an example
+        that was drawn and trained on but whose loss did not fall between two measurements, and that is not below the
+        model's level; it comes last in the fill (the first measurement is free: the loss each example had when the
+        first epoch's training passes drew it, compared with the scoring pass after that epoch; later ones compare
+        consecutive passes; with `score_before_training`, the pass before training is the first). `"high_loss"`: the
+        small-loss criterion of Co-teaching and DivideMix, from the learner's own loss at each pass: in each class
+        whose losses form two separate modes (a 2-component mixture, Ashman's D >= 2), the high-loss mode, likely
+        mislabelled. `"reference"`: the same rule on a reference model's losses (`reference_scores` or the trainer's
+        `reference_model`). Examples flagged by `"high_loss"` or `"reference"` leave the zone, the fill, replay and
+        annealing while flagged. `"none"`: no example is out of reach.
+    max_out_of_reach_fraction (`float`, *optional*, defaults to `0.5`):
+        The most of each class (or of the pool) that `"high_loss"` and `"reference"` may flag; the highest losses are
+        kept, and `zpd/num_out_of_reach_capped` logs how many more the rule would have flagged. In (0, 1).
     anneal_fraction (`float`, *optional*, defaults to `0.125`):
         The last share of all training samples is drawn uniformly from the whole set, so the final steps see the whole
         distribution. In [0, 1).
@@ -88,18 +109,23 @@ class ZPDArguments:
         widening is logged.
     replay_fraction (`float`, *optional*, defaults to `0.0`):
         Share of each zone epoch drawn uniformly from the whole training set, against forgetting. In [0, 1).
-    epoch_fraction (`float`, *optional*, defaults to `1.0`):
+    epoch_fraction (`float` or `None`, *optional*, defaults to `None`):
         Every epoch, the first included, draws `ceil(len(train_dataset) * epoch_fraction)` samples; below 1.0 trades
         data for compute. The Trainer fixes one epoch length for the whole run, so `max_steps` and the schedule are
-        known before the first step.
+        known before the first step. `None` chooses: 1.0 when the run trains at least one pass over the training set
+        (so a one-epoch run is the plain Trainer's own); under one pass (a budget over a large pool: `max_steps` below
+        one epoch, or `num_train_epochs` under 1) the budget is split into 4 epochs of a quarter of it each, so that
+        the curriculum acts within it. The budget is kept: a `num_train_epochs` budget is turned into the same
+        `max_steps`, and a log line says so.
 
     > Scoring pass
 
     scoring_pool_size (`int` or `None`, *optional*, defaults to `None`):
-        Score a random pool of this many training examples at each scoring pass instead of the whole set. The zone and
-        the fill come from the scored pool only (`replay_fraction` and annealing draw from the whole set), so a pool
-        smaller than the epoch is drawn several times in it: keep the pool at least as large as `epoch_fraction` of
-        the set, or add replay.
+        Score a pool of this many training examples at each scoring pass instead of the whole set, examples not yet
+        drawn in the run first (the rest at random, seeded). The zone and the fill come from the scored pool only
+        (`replay_fraction` and annealing draw from the whole set). `None` scores the whole set when epochs are whole
+        passes, and twice an epoch's samples when they are smaller (`epoch_fraction` < 1), so that each epoch is
+        chosen from fresh candidates at a cost of about two forward passes per example trained.
     rescore_every (`int`, *optional*, defaults to `1`):
         Run the scoring pass every this many epochs; epochs in between recompose from the latest scores.
     score_before_training (`bool`, *optional*, defaults to `False`):
@@ -128,12 +154,20 @@ class ZPDArguments:
         (about 1e-6 relative), not bitwise. `None` turns it on where it applies (those classes with a plain `lm_head`,
         no label smoothing or `compute_loss_func`, no `torch_compile`, FSDP or DeepSpeed) and keeps the standard path
         elsewhere; `False` always takes the standard path, whose loss is bitwise the Trainer's; `True` where it does
-        not apply is an error naming the reason. Evaluation and the scoring pass keep the standard path.
+        not apply is an error naming the reason. The scoring pass takes the same path as training (without gradient);
+        evaluation keeps the model's own forward.
     running_ppl_decay (`float`, *optional*, defaults to `0.9`):
         Decay of the exponential moving average of the training loss behind `zpd/running_ppl`.
 
     > Curriculum record
 
+    reference_scores (`str` or `None`, *optional*, defaults to `None`):
+        A reference model's scores of the training set, computed once (`hf-zpd score --output FILE.parquet`, sharded
+        under `accelerate launch`) and reused: the "more knowledgeable other" of RHO-LOSS. Used by
+        `difficulty_mode="reducible"` and `out_of_reach="reference"`. The file's rows are matched by its id column
+        when both have one, else by `zpd_example_index`; a file of another size, other ids, other labels or another
+        vocabulary is refused at train start. The trainer's `reference_model` argument computes the same scores at
+        train start instead.
     replay_curriculum (`str` or `None`, *optional*, defaults to `None`):
         Train by following a saved curriculum exactly, with no scoring pass: a record file (`.parquet`), a folder
         holding `zpd_curriculum.parquet` (a run's `output_dir` or a checkpoint), or a Hub dataset repo id pushed with
@@ -154,10 +188,13 @@ class ZPDArguments:
         default_factory=lambda: list(COMPOSITE_WEIGHTS),
         metadata={"help": "Weights (loss, confidence, entropy) of the composite competence; non-negative, sum 1."},
     )
+    pacing: str = _flag(
+        "fixed", "'fixed': the seed's band in every epoch; 'rising': below the level early, rising to it.", PACINGS
+    )
     composition: str = _flag(
         "zone_and_fill",
         "'zone_and_fill': zone examples up to zone_repeats times, the rest filled nearest the band; 'zone_only': the "
-        "seed's literal rule (the whole epoch cycles through the zone).",
+        "seed's literal rule (the whole epoch cycles through the zone); 'easy_first': a growing easiest share.",
         COMPOSITIONS,
     )
     zone_repeats: int = _flag(2, "k: the most times a zone example is drawn in one epoch (zone_and_fill).")
@@ -168,8 +205,14 @@ class ZPDArguments:
     class_balance: bool = _flag(
         True, "Classification: band per class, each class's epoch share kept at its pool share."
     )
-    learnability_guard: bool = _flag(
-        True, "Examples trained on whose loss did not fall between two passes are out of reach (last in the fill)."
+    out_of_reach: str = _flag(
+        "learnability_guard",
+        "Out-of-reach rule: 'learnability_guard' (loss did not fall), 'high_loss' (the high mode of the learner's loss "
+        "mixture), 'reference' (that of a reference model), 'none'.",
+        OUT_OF_REACH_RULES,
+    )
+    max_out_of_reach_fraction: float = _flag(
+        0.5, "The most of each class that 'high_loss' or 'reference' may flag, in (0, 1)."
     )
     anneal_fraction: float = _flag(0.125, "The last share of all training samples is drawn uniformly, in [0, 1).")
     min_zone_fraction: float = _flag(
@@ -178,11 +221,15 @@ class ZPDArguments:
     replay_fraction: float = _flag(
         0.0, "Share of each zone epoch drawn uniformly from the whole training set, in [0, 1)."
     )
-    epoch_fraction: float = _flag(
-        1.0, "Every epoch draws ceil(len(train_dataset) * epoch_fraction) samples, in (0, 1]."
+    epoch_fraction: float | None = _flag(
+        None,
+        "Every epoch draws ceil(len(train_dataset) * epoch_fraction) samples, in (0, 1]. Default: 1.0, or 4 epochs over "
+        "a budget under one pass.",
     )
     scoring_pool_size: int | None = _flag(
-        None, "Score a random pool of this many training examples, not the whole set."
+        None,
+        "Score a pool of this many training examples (not yet drawn first), not the whole set. Default: the whole set, "
+        "or twice an epoch when epochs are smaller than the set.",
     )
     rescore_every: int = _flag(1, "Run the scoring pass every this many epochs (epochs in between recompose).")
     score_before_training: bool = _flag(False, "Score before the first epoch, so that it is drawn around a zone.")
@@ -207,6 +254,9 @@ class ZPDArguments:
         "where it applies; false: the standard path (loss bitwise the Trainer's).",
     )
     running_ppl_decay: float = _flag(0.9, "Decay of the moving average behind zpd/running_ppl, in [0, 1).")
+    reference_scores: str | None = _flag(
+        None, "A reference model's scores of the training set (hf-zpd score), for 'reducible' and 'reference'."
+    )
     replay_curriculum: str | None = _flag(
         None,
         "Follow a saved curriculum exactly, with no scoring pass: a record file, a folder holding "
@@ -229,6 +279,8 @@ class ZPDArguments:
             )
         choices = {
             "difficulty_mode": DIFFICULTY_MODES,
+            "out_of_reach": OUT_OF_REACH_RULES,
+            "pacing": PACINGS,
             "composition": COMPOSITIONS,
             "fill": FILL_RULES,
             "label_alignment": LABEL_ALIGNMENTS,
@@ -260,8 +312,16 @@ class ZPDArguments:
             fail("competence_weights", f"must sum to 1, got {weights} (sum {sum(weights)})", "E.g. 0.4 0.35 0.25.")
         for name in ("min_zone_fraction", "epoch_fraction"):
             value = getattr(self, name)
-            if not 0 < value <= 1:
+            if value is not None and not 0 < value <= 1:
                 fail(name, f"must be in (0, 1], got {value}", "It is a fraction of the training set.")
+        if not 0 < self.max_out_of_reach_fraction < 1:
+            fail(
+                "max_out_of_reach_fraction",
+                f"must be in (0, 1), got {self.max_out_of_reach_fraction}",
+                "It bounds the share of each class that may be flagged; the default is 0.5.",
+            )
+        if self.reference_scores is not None:
+            self.reference_scores = os.fspath(self.reference_scores)
         if not 0 <= self.replay_fraction < 1:
             fail(
                 "replay_fraction",
@@ -294,12 +354,16 @@ class ZPDArguments:
         """The weights the competence uses: `competence_weights`, or (1, 0, 0) in `"loss"` mode."""
         return LOSS_ONLY_WEIGHTS if self.difficulty_mode == "loss" else tuple(self.competence_weights)
 
-    def composition_policy(self, global_batch_size: int) -> CompositionPolicy:
-        """The [`~hf_zpd.selection.CompositionPolicy`] these settings describe."""
+    def composition_policy(self, global_batch_size: int, progress: float = 1.0) -> CompositionPolicy:
+        """The [`~hf_zpd.selection.CompositionPolicy`] these settings describe, at `progress` in [0, 1] (how far
+        training is from its start to where annealing begins), which moves the band (`pacing="rising"`) and the easy
+        share (`composition="easy_first"`)."""
+        progress = min(max(progress, 0.0), 1.0)
+        factor = 1.0 if self.pacing == "fixed" else RISING_BAND_START + (1 - RISING_BAND_START) * progress
         return CompositionPolicy(
             composition=self.composition,
-            band_lower=self.band_lower,
-            band_upper=self.band_upper,
+            band_lower=self.band_lower * factor,
+            band_upper=self.band_upper * factor,
             min_zone_fraction=self.min_zone_fraction,
             global_batch_size=global_batch_size,
             zone_repeats=self.zone_repeats,
@@ -307,11 +371,18 @@ class ZPDArguments:
             fill_temperature=self.fill_temperature,
             class_balance=self.class_balance,
             replay_fraction=self.replay_fraction,
+            exclude_out_of_reach=self.out_of_reach in ("high_loss", "reference"),
+            easy_fraction=EASY_FIRST_START + (1 - EASY_FIRST_START) * progress,
         )
 
     @property
     def uses_learnability_guard(self) -> bool:
-        return self.learnability_guard and self.composition == "zone_and_fill"
+        return self.out_of_reach == "learnability_guard" and self.composition != "zone_only"
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether these settings read a reference model's scores."""
+        return self.difficulty_mode == "reducible" or self.out_of_reach == "reference"
 
     @classmethod
     def from_training_arguments(cls, args: TrainingArguments):

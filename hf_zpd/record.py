@@ -19,20 +19,21 @@ was scored for the epoch or drawn in it):
 | `label` | int64 | the example's class, when the epoch was class-balanced (null otherwise) |
 | `in_zone` | bool | in the zone the epoch was drawn around (after any widening) |
 | `in_band` | bool | inside its band before widening, and drawable: an in-band example the guard put out of reach is `False` here (and `True` in `out_of_reach`) |
-| `out_of_reach` | bool | excluded by the learnability guard |
+| `out_of_reach` | bool | out of reach by the run's `out_of_reach` rule (never in the zone) |
 | `draws` | int64 | how many times the epoch drew the example (annealing draws included) |
 | `anneal_draws` | int64 | how many of those were the uniform annealing draws at the end of the epoch |
 | `loss` | float64 | mean cross-entropy over the example's supervised positions |
 | `confidence` | float64 | mean max-probability |
 | `entropy` | float64 | mean entropy, divided by log V |
 | `competence` | float64 | `wL (1 - min(loss / log V, 1)) + wC confidence + wH (1 - entropy)` |
-| `difficulty` | float64 | `exp(log V (1 - competence))`, the effective perplexity |
+| `difficulty` | float64 | `exp(log V (1 - competence))`, the effective perplexity (`exp(loss - reference_loss)` with `difficulty_mode="reducible"`) |
 | `num_tokens` | int64 | supervised positions (0: never drawn from the zone); null where not scored |
 | `scored_at` | int64 | the scoring pass behind the epoch: the number of epochs trained before it (null: none) |
 | `level` | float64 | the model's level D for the example's band (its class's with class balance) |
 | `band_lower`, `band_upper` | float64 | that band's edges on the difficulty scale |
 | `ppl` | float64 | the pool's perplexity exp(mean loss), for the epoch |
 | `running_ppl` | float64 | the running training perplexity when the epoch was planned |
+| `reference_loss` | float64 | a reference model's loss on the example (only in the records of runs that used one) |
 
 Records of format 1 (hf_zpd 0.1: zones only, epochs counted from 0, the `selected` column) are read too, with their
 epochs renumbered from 1; they cannot be replayed, because that version drew its epochs by another rule.
@@ -157,6 +158,8 @@ class CurriculumRecord:
         id_column (`str`, *optional*): the dataset column the ids came from.
         source (`str`, *optional*): the file it was read from, named in error messages.
         format_version (`int`, *optional*, defaults to 2): the format it was read from.
+        reference (`ScoreTable`, *optional*): a reference model's scores of the training set, when the run used one
+            (its losses are the `reference_loss` column).
 
     Example:
 
@@ -178,6 +181,7 @@ class CurriculumRecord:
     id_column: str | None = None
     source: str | None = None
     format_version: int = RECORD_FORMAT_VERSION
+    reference: ScoreTable | None = None
 
     @property
     def dataset_size(self) -> int:
@@ -239,7 +243,10 @@ class CurriculumRecord:
                 columns[name] = getattr(table, name)[rows]
             example_competence = table.competence(self.competence_weights)
             columns["competence"] = example_competence[rows]
-            columns["difficulty"] = np.exp(log_difficulty(example_competence, table.vocab_size))[rows]
+            if self.settings.get("difficulty_mode") == "reducible" and self.reference is not None:
+                columns["difficulty"] = np.exp(table.loss - self.reference.loss)[rows]  # RHO-LOSS's reducible loss
+            else:
+                columns["difficulty"] = np.exp(log_difficulty(example_competence, table.vocab_size))[rows]
             columns["num_tokens"] = table.num_tokens[rows]
         columns["scored_at"] = np.full(rows.size, np.nan if draw.scored_at is None else draw.scored_at)
         band = np.full((rows.size, 3), np.nan)
@@ -250,6 +257,8 @@ class CurriculumRecord:
             columns[name] = band[:, position]
         for column, key in _EPOCH_COLUMNS.items():
             columns[column] = np.full(rows.size, float(draw.metrics.get(key, math.nan)))
+        if self.reference is not None:
+            columns["reference_loss"] = self.reference.loss[rows]
         return columns
 
     def to_arrow(self) -> pa.Table:
@@ -277,6 +286,8 @@ class CurriculumRecord:
             arrays[name] = _nullable_int(columns[name])
         for name in (*_BAND_COLUMNS, *_EPOCH_COLUMNS):
             arrays[name] = pa.array(columns[name], pa.float64())
+        if "reference_loss" in columns:
+            arrays["reference_loss"] = pa.array(columns["reference_loss"], pa.float64())
         table = pa.table(arrays)
         return table.replace_schema_metadata({METADATA_KEY: json.dumps(self._metadata()).encode()})
 
@@ -397,6 +408,9 @@ class CurriculumRecord:
                 metrics=dict(entry["metrics"]),
             )
         record = cls(settings, dict(sorted(epochs.items())), history, labels, source=source)
+        if "reference_loss" in table.column_names:
+            record.reference = ScoreTable.empty(size)
+            record.reference.loss[index] = column("reference_loss").astype(np.float64)
         return record._with_example_ids(table, metadata, index)
 
     @classmethod

@@ -181,12 +181,15 @@ def run_scoring_pass(
     return table, time.perf_counter() - start
 
 
-def gather_rows(rows: list[torch.Tensor], width: int, accelerator: Accelerator) -> torch.Tensor:
+def gather_rows(rows: list[torch.Tensor], width: int, accelerator: Accelerator | None) -> torch.Tensor:
     """Every process's rows (column 0: the example index), concatenated in process order, on the CPU, as float64.
 
     Processes may hold different row counts, so the rows are padded with index -1 to equal shapes for the gather,
     and the padding is dropped after it.
     """
+    if accelerator is None:  # one process, no accelerator (a curriculum driven without a Trainer)
+        local = torch.cat(rows).cpu() if rows else torch.zeros((0, width), dtype=torch.float64)
+        return local[local[:, 0] >= 0]
     device = accelerator.device
     local = torch.cat(rows).to(device) if rows else torch.zeros((0, width), dtype=torch.float64, device=device)
     if accelerator.num_processes > 1:
@@ -222,11 +225,14 @@ class TrainingPassScores:
         columns += [stats.loss_sum, stats.confidence_sum, stats.entropy_sum, stats.num_tokens]
         self.pending.append(torch.stack(columns, dim=1))  # (b, 6)
 
-    def merge(self, accelerator: Accelerator) -> None:
-        """Gathers every process's pending rows into the table. Collective: every process must call it."""
+    def merge(self, accelerator: Accelerator | None) -> None:
+        """Gathers every process's pending rows into the table. Collective: every process must call it (`None`: one
+        process, no accelerator)."""
         rows = gather_rows(self.pending, self.WIDTH, accelerator)
         self.pending = []
-        vocab_size = int(accelerator.gather(torch.tensor([self.table.vocab_size], device=accelerator.device)).max())
+        vocab_size = self.table.vocab_size
+        if accelerator is not None:
+            vocab_size = int(accelerator.gather(torch.tensor([vocab_size], device=accelerator.device)).max())
         rows = rows[torch.argsort(rows[:, 1], stable=True)]  # by step; the last write to an index wins
         index = rows[:, 0].long().numpy()
         self.table.fill(index, ExampleStatistics(rows[:, 2], rows[:, 3], rows[:, 4], rows[:, 5], vocab_size))

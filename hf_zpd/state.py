@@ -1,8 +1,10 @@
 """The checkpoint state: what a resumed run needs beyond the curriculum record.
 
 A checkpoint folder holds the record (`zpd_curriculum.parquet`: every epoch's draws, the zones and the scoring passes,
-the one source of those) and this small file, `zpd_state.safetensors`: the running perplexity's moving average and,
-with `score_source="training_pass"`, the training passes' statistics since the last zone. Arrays are safetensors and
+the one source of those) and this small file, `zpd_state.safetensors`: the running perplexity's moving average, the
+training passes' statistics that a later draw still needs (`score_source="training_pass"`, or the learnability
+guard's first baseline), and a reference model's scores when the run uses one (so a resumed run does not score
+again, and uses the very scores it started with). Arrays are safetensors and
 the rest JSON in its metadata (no pickle), written through a temporary file and a rename, so a reader never sees half
 a file.
 """
@@ -61,13 +63,15 @@ class TrainingState:
     Args:
         dataset_size (`int`): the training set's size, checked on resume.
         running_loss (`float`, *optional*): the moving average of training losses behind the running perplexity.
-        training_pass_scores (`tuple[ScoreTable, np.ndarray]`, *optional*): with `score_source="training_pass"`, the
-            training passes' statistics since the last zone and the global step of each row (NaN where none).
+        training_pass_scores (`tuple[ScoreTable, np.ndarray]`, *optional*): the training passes' statistics a later
+            draw needs and the global step of each row (NaN where none).
+        reference (`ScoreTable`, *optional*): a reference model's scores of the training set.
     """
 
     dataset_size: int
     running_loss: float | None = None
     training_pass_scores: tuple[ScoreTable, np.ndarray] | None = None
+    reference: ScoreTable | None = None
 
     def save(self, folder: str) -> str:
         """Writes the state into `folder` atomically and returns the file's path."""
@@ -78,11 +82,14 @@ class TrainingState:
             arrays = {f"training_pass.{column}": getattr(table, column).astype(np.float64) for column in SCORE_COLUMNS}
             arrays["training_pass.step"] = step.astype(np.float64)
             vocab_size = table.vocab_size
+        if self.reference is not None:
+            arrays.update({f"reference.{c}": getattr(self.reference, c).astype(np.float64) for c in SCORE_COLUMNS})
         header = {
             "format_version": STATE_FORMAT_VERSION,
             "dataset_size": self.dataset_size,
             "running_loss": self.running_loss,
             "training_pass_vocab_size": vocab_size,
+            "reference_vocab_size": None if self.reference is None else self.reference.vocab_size,
         }
         path = os.path.join(folder, STATE_NAME)
         atomic_write_bytes(path, save_safetensors(arrays, metadata={"zpd": json.dumps(header)}))
@@ -127,4 +134,8 @@ class TrainingState:
             columns = [arrays[f"training_pass.{column}"] for column in SCORE_COLUMNS]
             table = ScoreTable(*columns, vocab_size=header["training_pass_vocab_size"])
             training_pass = (table, arrays["training_pass.step"])
-        return cls(dataset_size=dataset_size, running_loss=header["running_loss"], training_pass_scores=training_pass)
+        reference = None
+        if "reference.loss" in arrays:
+            columns = [arrays[f"reference.{column}"] for column in SCORE_COLUMNS]
+            reference = ScoreTable(*columns, vocab_size=header.get("reference_vocab_size") or 0)
+        return cls(dataset_size, header["running_loss"], training_pass, reference)

@@ -11,6 +11,7 @@ Epochs are numbered as the Trainer logs them: the first epoch is epoch 1.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import os
@@ -38,6 +39,7 @@ from .fused import check_fused_support, fused_causal_lm_head
 from .hub import load_curriculum, push_curriculum
 from .indexing import INDEX_COLUMN, IndexKeepingCollator, with_index_column
 from .record import RECORD_NAME, CurriculumRecord, detect_id_column, read_example_ids
+from .reference import read_reference_scores
 from .sampler import ZPDSampler, samples_per_epoch, uniform_plan
 from .scoring import (
     ScoreTable,
@@ -53,6 +55,10 @@ logger = logging.get_logger(__name__)
 
 # Layout of the per-process accumulators filled by `compute_loss` during training.
 _WINDOW_FIELDS = ("loss_sum", "num_tokens", "confidence", "entropy", "competence", "num_examples", "num_nonfinite")
+# epoch_fraction=None: a budget under one pass over the training set is split into AUTO_EPOCHS epochs, so that the
+# curriculum composes all but the first within it; a run of one pass or more keeps whole-pass epochs (a one-epoch run
+# is then the plain Trainer's, and scores nothing).
+AUTO_EPOCHS = 4
 # The label alignment agreed by every process at the first training batch, as a number for a gather.
 _ALIGNMENT_CODES = {None: 0.0, SHIFTED: 1.0, "aligned": 2.0}
 
@@ -122,7 +128,9 @@ class ZPDTrainerMixin:
     """The training set's column of stable example ids stored in the record; `None` detects a column named `id`,
     `idx`, `example_id` or `guid`. Set it on the trainer before `train()` to name another."""
 
-    def __init__(self, model=None, args: TrainingArguments | None = None, *trainer_args, **trainer_kwargs):
+    def __init__(
+        self, model=None, args: TrainingArguments | None = None, *trainer_args, reference_model=None, **trainer_kwargs
+    ):
         if args is None:
             args = self.config_class(output_dir="trainer_output")
         elif not isinstance(args, self.config_class):
@@ -142,7 +150,14 @@ class ZPDTrainerMixin:
                 "checkpoints and curricula. On a machine without GPUs pass --use_cpu (TrainingArguments.use_cpu=True) "
                 "so that the processes join one gloo process group."
             )
+        if args.needs_reference and reference_model is None and args.reference_scores is None:
+            raise ValueError(
+                f"difficulty_mode={args.difficulty_mode!r} with out_of_reach={args.out_of_reach!r} reads a reference "
+                "model's scores, and none was given: pass reference_scores (a file of `hf-zpd score` run with the "
+                "reference model on this training set) or reference_model=... to the trainer."
+            )
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
+        self.reference_model = reference_model
         self.args: ZPDArguments
         self._zpd_curriculum: Curriculum | None = None
         self._zpd_state: TrainingState | None = None
@@ -155,6 +170,8 @@ class ZPDTrainerMixin:
         self._zpd_alignment: str | None = None
         self._zpd_curriculum_repo_id: str | None = None
         self._shuffle_seed = self._curriculum_seed
+        self._epoch_fraction = self.args.epoch_fraction if self.args.epoch_fraction is not None else 1.0
+        self._zpd_budget_steps: int | None = None
         self._reset_training_accumulators()
         self.add_callback(_CurriculumCallback(self))
         if hasattr(self.model, "add_model_tags"):  # the Hub card's tags, as trl does
@@ -244,12 +261,14 @@ class ZPDTrainerMixin:
     def get_train_dataloader(self):
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
+        dataset = self._indexed_train_dataset()  # refuses, first, a dataset that cannot be scored and drawn
+        self._epoch_fraction = self._resolve_epoch_fraction()
         # Same as `Trainer.get_train_dataloader` (checked against transformers 5.24: private `_get_dataloader` and
         # `_train_batch_size`), on the training set with its index column added, and a collator that carries the
         # index through the user's.
         with self._index_keeping_collator():
             loader = self._get_dataloader(
-                dataset=self._indexed_train_dataset(),
+                dataset=dataset,
                 description="Training",
                 batch_size=self._train_batch_size,
                 sampler_fn=self._get_train_sampler,
@@ -266,7 +285,7 @@ class ZPDTrainerMixin:
         self._shuffle_seed = self.args.data_seed if self.args.data_seed is not None else torch.random.initial_seed()
         self._zpd_sampler = ZPDSampler(
             dataset_size=len(dataset),
-            num_samples=samples_per_epoch(len(dataset), self.args.epoch_fraction),
+            num_samples=samples_per_epoch(len(dataset), self._epoch_fraction),
             plan_for_epoch=self._plan_for_epoch,
             seed=self._curriculum_seed,
         )
@@ -286,7 +305,51 @@ class ZPDTrainerMixin:
 
     @property
     def _num_samples(self) -> int:
-        return samples_per_epoch(len(self.train_dataset), self.args.epoch_fraction)
+        return samples_per_epoch(len(self.train_dataset), self._epoch_fraction)
+
+    def _resolve_epoch_fraction(self) -> float:
+        """`epoch_fraction`, or with `None` 1.0 for a run of one pass or more, else 4 epochs over the budget.
+
+        A budget of `num_train_epochs` under one pass becomes the same number of optimizer steps
+        (`set_initial_training_values`), since shorter epochs would otherwise shorten it.
+        """
+        args, size = self.args, len(self.train_dataset)
+        self._zpd_budget_steps = None
+        if args.epoch_fraction is not None:
+            return args.epoch_fraction
+        # The steps of one pass, as the Trainer counts them (transformers 5.24 `set_initial_training_values` over
+        # accelerate's sharded loader: batches per process, then per optimizer step).
+        batches = math.ceil(math.ceil(size / self._train_batch_size) / max(args.world_size, 1))
+        steps_per_pass = max(math.ceil(batches / args.gradient_accumulation_steps), 1)
+        budget = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_pass)
+        if budget >= steps_per_pass or budget < AUTO_EPOCHS:
+            return 1.0
+        epoch_steps = math.ceil(budget / AUTO_EPOCHS)
+        fraction = min(1.0, epoch_steps * self.get_total_train_batch_size(args) / size)
+        if args.max_steps <= 0:
+            self._zpd_budget_steps = budget
+        logger.info(
+            f"ZPDTrainer: the budget of {budget} optimizer steps is under one pass over the {size} training examples "
+            f"({steps_per_pass} steps), so it trains as epochs of {epoch_steps} steps "
+            f"(epoch_fraction={fraction:.4g}, chosen because epoch_fraction is None): the curriculum composes every "
+            "epoch after the first within the budget. Set epoch_fraction=1.0 for the Trainer's epochs."
+        )
+        return fraction
+
+    def set_initial_training_values(self, args, dataloader):
+        # Public Trainer method (transformers 5.24), called right after get_train_dataloader: with epochs shortened
+        # automatically, a `num_train_epochs` budget is kept as the steps it meant over whole passes.
+        if getattr(self, "_zpd_budget_steps", None):
+            args = copy.copy(args)
+            args.max_steps = self._zpd_budget_steps
+        return super().set_initial_training_values(args, dataloader)
+
+    @property
+    def _scoring_pool_size(self) -> int | None:
+        """`scoring_pool_size`, or with `None` the whole set for whole-pass epochs and twice an epoch otherwise."""
+        if self.args.scoring_pool_size is not None or self._epoch_fraction >= 1.0:
+            return self.args.scoring_pool_size
+        return min(len(self.train_dataset), 2 * self._num_samples)
 
     @property
     def curriculum(self) -> CurriculumRecord | None:
@@ -542,6 +605,8 @@ class ZPDTrainerMixin:
         full_epochs, extra_steps = divmod(self.state.max_steps, steps_per_epoch)
         samples_per_step = self.get_total_train_batch_size(self.args)
         total_samples = full_epochs * self._num_samples + min(extra_steps * samples_per_step, self._num_samples)
+        reference = self._reference_scores() if self.args.needs_reference else None
+        record.reference = reference
         self._zpd_curriculum = self.curriculum_class(
             self.args,
             record,
@@ -551,6 +616,8 @@ class ZPDTrainerMixin:
             seed=self._curriculum_seed,
             shuffle_seed=self._shuffle_seed,
             labels=labels,
+            scoring_pool_size=self._scoring_pool_size,
+            reference=reference,
             score_pool=self._score_pool,
             merge=lambda scores: scores.merge(self.accelerator),
             log=self.log,
@@ -561,6 +628,27 @@ class ZPDTrainerMixin:
         if self.args.replay_curriculum is not None:
             self._begin_replay(last_epoch)
         self._zpd_curriculum.warn_if_inactive(last_epoch, self.state.max_steps, steps_per_epoch)
+
+    def _reference_scores(self) -> ScoreTable:
+        """The reference's scores of the training set: from the checkpoint resumed (the run's own), from
+        `reference_scores`, or from a scoring pass of `reference_model` now (every process; its seconds go into the
+        record's settings)."""
+        dataset = self.train_dataset
+        if self._zpd_resume_from is not None:
+            state = TrainingState.load(self._zpd_resume_from, len(dataset))
+            if state is not None and state.reference is not None:
+                return state.reference
+        if self.args.reference_scores is not None:
+            column = detect_id_column(dataset, self.curriculum_id_column)
+            ids = read_example_ids(dataset, column) if column is not None else None
+            return read_reference_scores(
+                self.args.reference_scores, len(dataset), ids, column, class_labels(dataset, self.label_names)
+            )
+        model = self.reference_model.to(self.args.device)
+        table, seconds = self._run_scoring_pass(model, self._zpd_loader, np.arange(len(dataset), dtype=np.int64))
+        self._zpd_reference_seconds = seconds
+        logger.info(f"ZPDTrainer: the reference model scored the {len(dataset)} training examples in {seconds:.1f} s.")
+        return table
 
     def _restore_curriculum(self, checkpoint: str, dataset_size: int) -> None:
         """Reads the checkpoint's record (draws, zones, scoring passes) and state (running PPL, pending statistics)."""
@@ -639,6 +727,13 @@ class ZPDTrainerMixin:
                     model_inputs["decoder_input_ids"] = unwrapped.prepare_decoder_input_ids_from_labels(labels=labels)
                 else:  # the model builds its decoder inputs from the labels
                     model_inputs[self.label_names[0]] = labels
+        if self._uses_fused_head and self._zpd_alignment is not None:
+            # The fused head's statistics, from the supervised rows' hidden states a chunk at a time, without
+            # gradient: no full logits, so a pass costs about what the training forward does.
+            model_inputs[self.label_names[0]] = labels
+            with fused_causal_lm_head(unwrapped, chunk_size=self.args.statistics_chunk_size) as capture:
+                model(**model_inputs)
+            return capture.statistics
         if self._zpd_alignment is None and alignment_from_structure(unwrapped) is None:
             # Scoring before any training step (score_dataset) of a model whose class says nothing: its own loss on
             # this first batch decides the label alignment.
@@ -711,8 +806,10 @@ class ZPDTrainerMixin:
 
         Returns:
             `datasets.Dataset`: one row per example in dataset order, with `zpd_example_index`, the ids (if any),
-            `loss`, `confidence`, `entropy`, `competence` and `difficulty` (from `difficulty_mode`) and
-            `num_tokens`. Examples without supervised tokens have NaN statistics and `num_tokens` 0.
+            `loss`, `confidence`, `entropy`, `competence` and `difficulty` (composite, or the loss in `"loss"` mode),
+            `num_tokens`, `vocab_size` (the size of the output distribution) and, for a classification dataset,
+            `label`. Examples without supervised tokens have NaN statistics and `num_tokens` 0. Written to parquet
+            (`hf-zpd score`), it is what `reference_scores` reads.
         """
         dataset = dataset if dataset is not None else self.train_dataset
         if dataset is None:
@@ -738,7 +835,11 @@ class ZPDTrainerMixin:
             competence=example_competence,
             difficulty=np.exp(log_difficulty(example_competence, table.vocab_size)),
             num_tokens=table.num_tokens.astype(np.int64),
+            vocab_size=np.full(len(dataset), table.vocab_size, dtype=np.int64),
         )
+        labels = class_labels(dataset, self.label_names)
+        if labels is not None:  # a reference's scores are checked against the training set's labels
+            columns["label"] = labels
         return datasets.Dataset.from_dict(columns)
 
     # ---- Checkpoints ----
@@ -751,6 +852,7 @@ class ZPDTrainerMixin:
             self._fold_running_loss()
             # Collective: the training passes' statistics that a later draw needs, merged over the processes.
             self._zpd_state.training_pass_scores = self._zpd_curriculum.training_pass_state()
+            self._zpd_state.reference = self._zpd_curriculum.reference
             if self.args.should_save:
                 # The folder `Trainer._save_checkpoint` writes to (transformers 5.24, private `_get_output_dir`).
                 folder = os.path.join(
@@ -772,7 +874,7 @@ class ZPDTrainerMixin:
         return {
             "dataset_size": len(dataset),
             "num_samples_per_epoch": self._num_samples,
-            "epoch_fraction": args.epoch_fraction,
+            "epoch_fraction": self._epoch_fraction,
             "seed": self._curriculum_seed,
             "shuffle_seed": self._shuffle_seed,
             "composition": args.composition,
@@ -780,7 +882,6 @@ class ZPDTrainerMixin:
             "fill": args.fill,
             "fill_temperature": args.fill_temperature,
             "class_balance": args.class_balance,
-            "learnability_guard": args.learnability_guard,
             "anneal_fraction": args.anneal_fraction,
             "replay_fraction": args.replay_fraction,
             "score_before_training": args.score_before_training,
@@ -791,7 +892,10 @@ class ZPDTrainerMixin:
             "min_zone_fraction": args.min_zone_fraction,
             "global_batch_size": self.get_total_train_batch_size(args),
             "rescore_every": args.rescore_every,
-            "scoring_pool_size": args.scoring_pool_size,
+            "scoring_pool_size": self._scoring_pool_size,
+            "out_of_reach": args.out_of_reach,
+            "max_out_of_reach_fraction": args.max_out_of_reach_fraction,
+            "pacing": args.pacing,
             "score_source": args.score_source,
             "fused_cross_entropy": self._uses_fused_head,
             "num_train_epochs": self.state.num_train_epochs or args.num_train_epochs,

@@ -14,6 +14,8 @@ from hf_zpd.selection import (
     compose_epoch,
     fill_order,
     guard_flags,
+    high_loss_flags,
+    loss_mixture,
     update_out_of_reach,
 )
 
@@ -329,3 +331,174 @@ def test_guard_flags_use_each_class_level():
 def test_policy_is_validated(overrides, message):
     with pytest.raises(ValueError, match=message):
         CompositionPolicy(**overrides)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Out of reach by the learner's own loss: the 2-component loss mixture, against a naive reference
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def reference_mixture(values, iterations=100):
+    """The EM of `loss_mixture`, written per example with Python floats: posterior of the high component and D."""
+    low, high = min(values), max(values)
+    x = [(v - low) / (high - low) for v in values]
+    ordered = sorted(x)
+    mean = sum(x) / len(x)
+    variance = max(sum((v - mean) ** 2 for v in x) / len(x), 5e-4)
+    means = [float(np.quantile(ordered, 0.1)), float(np.quantile(ordered, 0.9))]
+    variances, weights = [variance, variance], [0.5, 0.5]
+
+    def posteriors():
+        rows = []
+        for v in x:
+            densities = [
+                weights[c]
+                * math.exp(-0.5 * (v - means[c]) ** 2 / variances[c])
+                / math.sqrt(2 * math.pi * variances[c])
+                for c in (0, 1)
+            ]
+            total = sum(densities)
+            rows.append([d / total for d in densities])
+        return rows
+
+    for _ in range(iterations):
+        rows = posteriors()
+        mass = [sum(r[c] for r in rows) + 1e-12 for c in (0, 1)]
+        new_means = [sum(r[c] * v for r, v in zip(rows, x, strict=True)) / mass[c] for c in (0, 1)]
+        variances = [
+            max(sum(r[c] * (v - new_means[c]) ** 2 for r, v in zip(rows, x, strict=True)) / mass[c], 5e-4)
+            for c in (0, 1)
+        ]
+        weights = [m / sum(mass) for m in mass]
+        done = max(abs(a - b) for a, b in zip(new_means, means, strict=True)) < 1e-8
+        means = new_means
+        if done:
+            break
+    high_component = int(means[1] > means[0])
+    separation = abs(means[1] - means[0]) * math.sqrt(2 / sum(variances))
+    return [r[high_component] for r in posteriors()], separation
+
+
+def loss_shapes(kind, size, seed=0):
+    rng = np.random.default_rng(seed)
+    if kind == "two_modes":  # 40% flipped labels after training: a low mode and a separate high one
+        flipped = rng.random(size) < 0.4
+        return np.where(flipped, rng.normal(2.0, 0.4, size).clip(0.05), rng.gamma(1.0, 0.15, size)), flipped
+    if kind == "skewed":  # clean data: one skewed mode
+        return rng.gamma(2.0, 0.3, size), np.zeros(size, dtype=bool)
+    if kind == "lognormal":
+        return rng.lognormal(0.0, 1.0, size), np.zeros(size, dtype=bool)
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["two_modes", "skewed", "lognormal"])
+@pytest.mark.parametrize("size", [9, 64, 301])
+def test_loss_mixture_matches_the_reference(kind, size):
+    loss, _ = loss_shapes(kind, size)
+    posterior, separation = loss_mixture(loss)
+    expected, expected_separation = reference_mixture(loss.tolist())
+    np.testing.assert_allclose(posterior, expected, rtol=1e-6, atol=1e-9)
+    assert separation == pytest.approx(expected_separation, rel=1e-6)
+
+
+def test_loss_mixture_of_constant_values_puts_nothing_high():
+    posterior, separation = loss_mixture(np.full(10, 0.7))
+    assert posterior.tolist() == [0.0] * 10 and separation == 0.0
+
+
+def reference_high_loss_flags(loss, drawable, labels, max_fraction, min_group_size=8):
+    """Per group: nothing unless the mixture's modes are separate (D >= 2); else as many as it puts high, highest
+    loss first (ties to the lower index), at most floor(max_fraction * group)."""
+    flags = [False] * len(loss)
+    groups = {}
+    for i in range(len(loss)):
+        if drawable[i] and math.isfinite(loss[i]):
+            groups.setdefault(None if labels is None else int(labels[i]), []).append(i)
+    capped = 0
+    for members in groups.values():
+        if len(members) < min_group_size:
+            continue
+        posterior, separation = reference_mixture([loss[i] for i in members])
+        count = sum(p > 0.5 for p in posterior)
+        if separation < 2.0 or count == 0:
+            continue
+        limit = math.floor(max_fraction * len(members) + 1e-9)
+        capped += max(count - limit, 0)
+        for i in sorted(members, key=lambda i: (-loss[i], i))[: min(count, limit)]:
+            flags[i] = True
+    return flags, capped
+
+
+@pytest.mark.parametrize("kind", ["two_modes", "skewed", "lognormal"])
+@pytest.mark.parametrize("size", [7, 64, 301])
+@pytest.mark.parametrize("by_class", [False, True])
+@pytest.mark.parametrize("max_fraction", [0.1, 0.5, 0.9])
+def test_high_loss_flags_match_the_reference(kind, size, by_class, max_fraction):
+    loss, _ = loss_shapes(kind, size)
+    rng = np.random.default_rng(1)
+    loss[rng.random(size) < 0.05] = np.nan  # unscored examples
+    drawable = rng.random(size) > 0.1
+    labels = rng.integers(0, 3, size) if by_class else None
+    flags, capped = high_loss_flags(loss, drawable, labels, max_fraction)
+    expected, expected_capped = reference_high_loss_flags(loss.tolist(), drawable.tolist(), labels, max_fraction)
+    assert flags.tolist() == expected and capped == expected_capped
+
+
+def test_high_loss_flags_find_flipped_labels_and_leave_clean_data_alone():
+    loss, flipped = loss_shapes("two_modes", 2000)
+    flags, capped = high_loss_flags(loss, np.ones(2000, bool), max_fraction=0.5)
+    precision, recall = (flags & flipped).sum() / flags.sum(), (flags & flipped).sum() / flipped.sum()
+    assert precision > 0.9 and recall > 0.9 and capped == 0
+    for kind in ("skewed", "lognormal"):  # one mode, however skewed: nothing is out of reach
+        clean, _ = loss_shapes(kind, 2000)
+        assert not high_loss_flags(clean, np.ones(2000, bool))[0].any()
+    tight, capped = high_loss_flags(loss, np.ones(2000, bool), max_fraction=0.1)
+    assert tight.sum() == 200 and capped == flags.sum() - 200
+    assert loss[tight].min() >= loss[flags & ~tight].max()  # the bound keeps the highest losses
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Flags that exclude, and the easy-first composition
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("composition", ["zone_and_fill", "easy_first"])
+@pytest.mark.parametrize("fraction", [0.6, 1.0, 2.5])
+def test_excluded_examples_are_drawn_by_no_part_of_the_epoch(composition, fraction):
+    log_d, drawable, labels = pool("spread", 120)
+    flags = np.random.default_rng(3).random(120) < 0.3
+    policy = CompositionPolicy(composition=composition, replay_fraction=0.2, exclude_out_of_reach=True,
+                               easy_fraction=0.5)  # fmt: skip
+    num_samples = math.ceil(fraction * 120)
+    plan = compose_epoch(policy, num_samples, log_d, drawable, 0, 2, labels, flags, num_anneal=num_samples // 5)
+    assert plan.counts.sum() == num_samples and (plan.counts[flags] == 0).all()
+    assert (plan.anneal_counts[flags] == 0).all() and not np.isin(plan.zone, np.flatnonzero(flags)).any()
+    assert plan.metrics["zpd/num_out_of_reach"] == (flags & drawable).sum()
+    with pytest.raises(ValueError, match="Every drawable example is out of reach"):
+        compose_epoch(policy, 10, log_d, drawable, 0, 2, labels, np.ones(120, bool))
+
+
+def test_the_guards_flags_only_come_last_in_the_fill():
+    log_d, drawable, labels = pool("spread", 60)
+    flags = np.zeros(60, bool)
+    flags[np.flatnonzero(drawable)[:5]] = True
+    plan = compose_epoch(CompositionPolicy(zone_repeats=1), 120, log_d, drawable, 0, 2, labels, flags)
+    assert (plan.counts[flags] > 0).all()  # an epoch of two passes reaches them
+
+
+@pytest.mark.parametrize("share", [0.3, 0.5, 1.0])
+def test_easy_first_cycles_through_the_easiest_share_of_each_class(share):
+    log_d, drawable, labels = pool("spread", 90, seed=4)
+    policy = CompositionPolicy(composition="easy_first", easy_fraction=share, min_zone_fraction=0.01)
+    plan = compose_epoch(policy, 90, log_d, drawable, 0, 2, labels)
+    for label in np.unique(labels[drawable]):
+        members = np.flatnonzero(drawable & (labels == label))
+        easiest = members[np.argsort(log_d[members], kind="stable")[: math.ceil(round(share * members.size, 9))]]
+        np.testing.assert_array_equal(np.intersect1d(plan.zone, members), np.sort(easiest))
+        drawn = members[plan.counts[members] > 0]
+        assert set(drawn) == set(easiest)  # nothing outside the easy share
+        assert plan.counts[easiest].max() - plan.counts[easiest].min() <= 1  # cycled evenly
+        assert (
+            plan.counts[members].sum()
+            == allocate_by_share(90, [(drawable & (labels == c)).sum() for c in np.unique(labels[drawable])])[label]
+        )

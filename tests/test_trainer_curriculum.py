@@ -30,6 +30,7 @@ from transformers import (
 from hf_zpd import ZPDConfig, ZPDTrainer
 from hf_zpd.curriculum import Curriculum
 from hf_zpd.record import RECORD_NAME
+from hf_zpd.sampler import trainer_order
 from hf_zpd.scoring import run_scoring_pass
 from hf_zpd.state import STATE_NAME
 
@@ -150,9 +151,7 @@ def reference_zone(loss: np.ndarray, vocab_size: int, min_size: int, lower=1.1, 
 
 def test_zones_follow_the_method_rule(tokenizer, tmp_path):
     """Each epoch's zone is the method's band rule on the scores behind it, re-derived here from the formulas."""
-    args = config(
-        tmp_path, difficulty_mode="loss", min_zone_fraction=0.1, learnability_guard=False, anneal_fraction=0.0
-    )
+    args = config(tmp_path, difficulty_mode="loss", min_zone_fraction=0.1, out_of_reach="none", anneal_fraction=0.0)
     trainer = gpt2_trainer(tokenizer, args)
     trainer.train()
     record = trainer.curriculum
@@ -284,8 +283,10 @@ def test_a_one_epoch_run_scores_nothing_and_says_the_curriculum_cannot_act(token
     assert trainer.scoring_passes == 0 and not trainer.curriculum.history.tables
     assert sorted(trainer.curriculum.epochs) == [1] and trainer.curriculum.zones == {}
     assert "the curriculum never acts" in caplog.text and "epoch_fraction" in caplog.text
-    # A budget that ends inside the first epoch says so too; one that reaches a second epoch does not.
-    short = gpt2_trainer(tokenizer, config(tmp_path, "short", max_steps=4), trainer_class=CountingScoringPasses)
+    # A budget that ends inside a first epoch of a whole pass (epoch_fraction=1.0 set by hand: the default would split
+    # it into small epochs) says so too; one that reaches a second epoch does not.
+    short = gpt2_trainer(tokenizer, config(tmp_path, "short", max_steps=4, epoch_fraction=1.0),
+                         trainer_class=CountingScoringPasses)  # fmt: skip
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="hf_zpd.curriculum"):
         short.train()
@@ -295,6 +296,47 @@ def test_a_one_epoch_run_scores_nothing_and_says_the_curriculum_cannot_act(token
     with caplog.at_level(logging.WARNING, logger="hf_zpd.curriculum"):
         longer.train()
     assert longer.scoring_passes == 1 and "never acts" not in caplog.text
+
+
+# ---- a budget under two passes: small epochs, chosen automatically ----
+
+
+@pytest.mark.parametrize("budget", ["max_steps", "num_train_epochs"])
+def test_a_budget_under_one_pass_trains_as_four_small_epochs_within_it(tokenizer, tmp_path, caplog, budget):
+    """96 examples in batches of 8 are 12 steps a pass. A budget of 8 steps (max_steps=8, or num_train_epochs=2/3)
+    becomes epochs of ceil(8 / 4) = 2 steps (16 samples): the same 8 steps and schedule as the plain Trainer, and
+    every epoch after the first composed from a pool of 32 examples not drawn yet."""
+    fields = {"max_steps": 8} if budget == "max_steps" else {"num_train_epochs": 2 / 3}
+    with caplog.at_level(logging.INFO, logger="hf_zpd.trainer"):
+        trainer = gpt2_trainer(tokenizer, config(tmp_path, **fields), num_examples=96,
+                               trainer_class=CountingScoringPasses)  # fmt: skip
+        trainer.train()
+    plain = gpt2_trainer(tokenizer, plain_config(tmp_path, **fields), num_examples=96, trainer_class=Trainer)
+    plain.train()
+    assert trainer.state.global_step == plain.state.global_step == 8
+    rates = [[e["learning_rate"] for e in t.state.log_history if "learning_rate" in e] for t in (trainer, plain)]
+    assert rates[0] == rates[1]
+    record = trainer.curriculum
+    assert record.settings["epoch_fraction"] == pytest.approx(16 / 96) and record.settings["scoring_pool_size"] == 32
+    assert sorted(record.epochs) == [1, 2, 3, 4] and sorted(record.zones) == [2, 3, 4]
+    assert all(draw.counts.sum() == 16 for draw in record.epochs.values())
+    assert trainer.scoring_passes == 3 and "trains as epochs of 2 steps" in caplog.text
+    drawn_in_1 = record.epochs[1].counts > 0
+    scored_for_2 = ~np.isnan(record.history.tables[1].num_tokens)
+    assert scored_for_2.sum() == 32 and not (scored_for_2 & drawn_in_1).any()  # 32 examples not drawn yet
+    # The first small epoch is the start of the plain Trainer's first epoch: the same 16 examples, in its order.
+    np.testing.assert_array_equal(np.flatnonzero(record.epochs[1].counts), np.sort(trainer_order(96, 16, 7, 1)))
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_one_pass_or_more_keeps_whole_pass_epochs(tokenizer, tmp_path, epochs):
+    trainer = gpt2_trainer(tokenizer, config(tmp_path, num_train_epochs=epochs), trainer_class=CountingScoringPasses)
+    trainer.train()
+    assert (
+        trainer.curriculum.settings["epoch_fraction"] == 1.0
+        and trainer.curriculum.settings["scoring_pool_size"] is None
+    )
+    assert trainer.state.global_step == 6 * epochs and trainer.scoring_passes == epochs - 1
 
 
 # ---- model families and collators ----
@@ -421,7 +463,7 @@ def test_training_pass_source_reuses_the_training_statistics(tokenizer, tmp_path
         trainer = CountingScoringPasses(
             model=tiny_gpt2(len(tokenizer), dropout=0.0),
             args=config(
-                tmp_path, source, learning_rate=0.0, score_source=source, num_train_epochs=3, learnability_guard=False
+                tmp_path, source, learning_rate=0.0, score_source=source, num_train_epochs=3, out_of_reach="none"
             ),
             train_dataset=causal_lm_dataset(tokenizer, 48, prompt_tokens=2),
             data_collator=DataCollatorForSeq2Seq(tokenizer),
