@@ -109,6 +109,21 @@ class ZPDArguments:
         widening is logged.
     replay_fraction (`float`, *optional*, defaults to `0.0`):
         Share of each zone epoch drawn uniformly from the whole training set, against forgetting. In [0, 1).
+    prune_fraction (`float`, *optional*, defaults to `0.0`):
+        InfoBatch's unbiased pruning (Qin et al., ICLR 2024): every composed epoch leaves out a share r of the draws
+        of mastered examples (below the level D of their class, not in the zone), at random, and weighs the loss of
+        the mastered examples kept by 1 / (1 - r), so that the expected gradient is the unpruned epoch's; epochs with
+        annealing draws are not pruned. Epochs are `1 - prune_fraction / 2` of their unpruned length (about half the
+        pool is below the level), fixed before training, so `max_steps` and the schedule are known; the realised
+        share is logged (`zpd/prune_rate`). The loss is then the weighted one, not the Trainer's. For classifiers,
+        and causal LMs on the fused head; refused elsewhere, and with label smoothing or `compute_loss_func`. In [0, 1).
+    token_selection_fraction (`float` or `None`, *optional*, defaults to `None`):
+        Causal LMs, opt-in: Rho-1's selective language modelling (Lin et al., NeurIPS 2024). The training loss of each
+        batch covers only this share of its supervised tokens, those with the highest excess loss (the learner's
+        token loss minus a reference model's, the trainer's `reference_model`, run on every training batch without
+        gradient), weighed so that the loss is their mean; the statistics and the curriculum still cover every
+        token. Needs the fused head (a causal LM that `fused_cross_entropy` supports) for the model and the
+        reference. In (0, 1].
     epoch_fraction (`float` or `None`, *optional*, defaults to `None`):
         Every epoch, the first included, draws `ceil(len(train_dataset) * epoch_fraction)` samples; below 1.0 trades
         data for compute. The Trainer fixes one epoch length for the whole run, so `max_steps` and the schedule are
@@ -221,6 +236,12 @@ class ZPDArguments:
     replay_fraction: float = _flag(
         0.0, "Share of each zone epoch drawn uniformly from the whole training set, in [0, 1)."
     )
+    prune_fraction: float = _flag(
+        0.0, "InfoBatch: leave out this share of the mastered examples' draws, weigh the kept ones 1/(1-r), in [0, 1)."
+    )
+    token_selection_fraction: float | None = _flag(
+        None, "Causal LMs: train on this share of tokens, highest excess loss over reference_model first (Rho-1)."
+    )
     epoch_fraction: float | None = _flag(
         None,
         "Every epoch draws ceil(len(train_dataset) * epoch_fraction) samples, in (0, 1]. Default: 1.0, or 4 epochs over "
@@ -314,6 +335,18 @@ class ZPDArguments:
             value = getattr(self, name)
             if value is not None and not 0 < value <= 1:
                 fail(name, f"must be in (0, 1], got {value}", "It is a fraction of the training set.")
+        if self.token_selection_fraction is not None and not 0 < self.token_selection_fraction <= 1:
+            fail(
+                "token_selection_fraction",
+                f"must be in (0, 1], got {self.token_selection_fraction}",
+                "It is the share of each batch's supervised tokens the loss keeps (Rho-1 used 0.6); None turns it off.",
+            )
+        if not 0 <= self.prune_fraction < 1:
+            fail(
+                "prune_fraction",
+                f"must be in [0, 1), got {self.prune_fraction}",
+                "It is the share of the mastered examples' draws each epoch leaves out; 0 turns pruning off.",
+            )
         if not 0 < self.max_out_of_reach_fraction < 1:
             fail(
                 "max_out_of_reach_fraction",

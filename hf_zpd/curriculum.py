@@ -59,6 +59,8 @@ class Curriculum:
         labels (`np.ndarray` of int, *optional*): each example's class, for class balance.
         scoring_pool_size (`int`, *optional*): how many examples each scoring pass scores (not yet drawn first);
             `None` scores the whole set.
+        prune_draws (`int`, *optional*, defaults to 0): the draws every composed epoch without annealing leaves out
+            of the mastered region (`prune_fraction`; see [`~hf_zpd.selection.compose_epoch`]).
         reference (`ScoreTable`, *optional*): a reference model's scores of the training set (RHO-LOSS's holdout
             model), for `difficulty_mode="reducible"` and `out_of_reach="reference"`.
         score_pool (`Callable[[np.ndarray], tuple[ScoreTable, float]]`): scores those training examples, returns
@@ -91,6 +93,7 @@ class Curriculum:
         shuffle_seed: int,
         labels: np.ndarray | None,
         scoring_pool_size: int | None = None,
+        prune_draws: int = 0,
         reference: ScoreTable | None = None,
         score_pool: Callable[[np.ndarray], tuple[ScoreTable, float]],
         merge: Callable[[TrainingPassScores], None],
@@ -105,6 +108,7 @@ class Curriculum:
         self.shuffle_seed = shuffle_seed
         self.labels = labels
         self.scoring_pool_size = scoring_pool_size
+        self.prune_draws = prune_draws
         self.reference = reference
         self._score_pool = score_pool
         self._merge = merge
@@ -147,7 +151,14 @@ class Curriculum:
             return uniform
         if draw.zone is None and np.array_equal(draw.counts, uniform.counts):
             return uniform
-        return EpochPlan(draw.counts, draw.anneal_counts, draw.zone, draw.in_band, draw.out_of_reach)
+        return EpochPlan(
+            draw.counts, draw.anneal_counts, draw.zone, draw.in_band, draw.out_of_reach, loss_weights=draw.loss_weights
+        )
+
+    def loss_weights(self, epoch: int) -> np.ndarray | None:
+        """Each example's loss weight in `epoch` (pruning), or `None` when every weight is 1."""
+        draw = self.record.epochs.get(epoch)
+        return None if draw is None else draw.loss_weights
 
     # ---- the Trainer's moments ----
 
@@ -274,6 +285,7 @@ class Curriculum:
             scored_at=scored_at,
             bands=bands,
             metrics=metrics,
+            loss_weights=plan.loss_weights,
         )
         self._log(dict(metrics))
 
@@ -364,6 +376,7 @@ class Curriculum:
             labels=self.labels,
             out_of_reach=out_of_reach,
             num_anneal=num_anneal,
+            prune_draws=self.prune_draws,
         )
         if args.out_of_reach in ("high_loss", "reference"):
             plan.metrics["zpd/num_out_of_reach_capped"] = float(capped)

@@ -95,11 +95,14 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         compute_grad (`bool`, *optional*, defaults to `True`):
             Whether to compute the gradients during the forward. Pass `False` under `torch.no_grad()` (scoring), where
             no backward follows.
+        row_weights (`torch.Tensor` of shape `(n,)`, *optional*):
+            A weight per row: the loss is sum_r w_r CE_r / N and each row's gradient is scaled by w_r (InfoBatch's
+            rescaled pruning, Rho-1's token selection). The statistics stay unweighted.
     """
 
     @staticmethod
     def forward(ctx, hidden_rows, weight, bias, targets, example_of_row, num_examples, normaliser, chunk_size,
-                compute_grad=True):  # fmt: skip
+                compute_grad=True, row_weights=None):  # fmt: skip
         # The arguments' types and shapes are in the class docstring; returns (loss, loss_sum, confidence_sum,
         # entropy_sum), the last three float64 of shape (num_examples,).
         # For a chunk of rows, with z' = z - max(z) and s = sum_v exp(z'_v) (as in statistics.py):
@@ -127,6 +130,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         inverse_normaliser = normaliser.reciprocal().to(upcast_dtype)  # a 0-dim tensor: no host sync
 
         stats = ExampleStatistics.zeros(num_examples, vocab_size, device)  # float64 sums, (B,) each
+        weighted_loss = torch.zeros((), dtype=torch.float64, device=device)  # sum_r w_r CE_r, with row weights
         if compute_grad:
             grad_rows = torch.empty_like(hidden_rows)  # (n, H); every row is written below
             # A single GEMM in the standard path accumulates dL/dW in fp32 even for bf16 inputs; summing bf16
@@ -149,12 +153,17 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
                 token = chunk_statistics(shifted, chunk_targets, log_vocab)  # the kernel of the standard path
                 del shifted
                 stats.add_rows(example_of_row[start:stop], token)
+                chunk_weights = None if row_weights is None else row_weights[start:stop].to(upcast_dtype)  # (c,)
+                if chunk_weights is not None:
+                    weighted_loss += (token.loss.double() * chunk_weights.double()).sum()
                 if not compute_grad:
                     continue
                 # dL/dz in place of the exponentials: softmax, minus one at the target, over N.
                 grad_logits = token.exponentials.div_(token.normalisers.unsqueeze(1))
                 grad_logits.scatter_add_(1, chunk_targets.unsqueeze(1), grad_logits.new_full((stop - start, 1), -1.0))
                 grad_logits.mul_(inverse_normaliser)
+                if chunk_weights is not None:
+                    grad_logits.mul_(chunk_weights.unsqueeze(1))
                 # The standard path's `.float()` hands the linear layer a gradient in the compute dtype: round alike.
                 grad_logits = grad_logits.to(compute_dtype)  # (c, V)
                 grad_rows[start:stop] = (grad_logits @ weight_c).to(hidden_rows.dtype)
@@ -167,7 +176,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
                 del token, grad_logits
 
         loss_sum, confidence_sum, entropy_sum = stats.loss_sum, stats.confidence_sum, stats.entropy_sum
-        loss = (loss_sum.sum() / normaliser).to(upcast_dtype)
+        loss = ((loss_sum.sum() if row_weights is None else weighted_loss) / normaliser).to(upcast_dtype)
         ctx.mark_non_differentiable(loss_sum, confidence_sum, entropy_sum)
         ctx.has_bias = bias is not None
         if compute_grad:
@@ -186,7 +195,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             grad_bias = grad_bias * grad_loss.to(grad_bias.dtype)
         else:
             grad_bias = None
-        return grad_rows, grad_weight, grad_bias, None, None, None, None, None, None
+        return grad_rows, grad_weight, grad_bias, None, None, None, None, None, None, None
 
 
 def fused_linear_cross_entropy(
@@ -198,10 +207,12 @@ def fused_linear_cross_entropy(
     num_examples: int,
     normaliser: torch.Tensor | int | float,
     chunk_size: int = 256,
+    row_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ExampleStatistics]:
     """[`FusedLinearCrossEntropy`], with the gradients computed only when a backward can follow.
 
-    Args: those of [`FusedLinearCrossEntropy`] (`chunk_size` defaults to 256).
+    Args: those of [`FusedLinearCrossEntropy`] (`chunk_size` defaults to 256); `row_weights` `(n,)`, if given,
+    weighs each row's loss and gradient (the statistics stay unweighted).
 
     Returns:
         `tuple[torch.Tensor, ExampleStatistics]`: the scalar loss and the per-example statistics (float64, detached).
@@ -210,10 +221,40 @@ def fused_linear_cross_entropy(
         tensor is not None and tensor.requires_grad for tensor in (hidden_rows, weight, bias)
     )
     loss, loss_sum, confidence_sum, entropy_sum = FusedLinearCrossEntropy.apply(
-        hidden_rows, weight, bias, targets, example_of_row, num_examples, normaliser, chunk_size, compute_grad
+        hidden_rows,
+        weight,
+        bias,
+        targets,
+        example_of_row,
+        num_examples,
+        normaliser,
+        chunk_size,
+        compute_grad,
+        row_weights,
     )
     num_tokens = torch.bincount(example_of_row, minlength=num_examples).to(torch.float64)  # (B,)
     return loss, ExampleStatistics(loss_sum, confidence_sum, entropy_sum, num_tokens, weight.shape[0])
+
+
+@torch.no_grad()
+def row_losses(
+    hidden_rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, chunk_size: int
+) -> torch.Tensor:
+    """Each row's cross-entropy `-log softmax(W h_r + b)[y_r]` in float32, `chunk_size` rows projected at a time.
+
+    Args:
+        hidden_rows (`torch.Tensor` of shape `(n, H)`), weight (`(V, H)`), bias (`(V,)` or `None`), targets (`(n,)`).
+
+    Returns:
+        `torch.Tensor` of shape `(n,)`.
+    """
+    losses = torch.empty(hidden_rows.shape[0], dtype=torch.float32, device=hidden_rows.device)
+    for start in range(0, hidden_rows.shape[0], chunk_size):
+        logits = nn.functional.linear(hidden_rows[start : start + chunk_size], weight, bias).float()  # (c, V)
+        losses[start : start + chunk_size] = nn.functional.cross_entropy(
+            logits, targets[start : start + chunk_size], reduction="none"
+        )
+    return losses
 
 
 def logit_transform_fields(config) -> list[str]:
@@ -321,6 +362,12 @@ class FusedHeadCapture:
     """What [`fused_causal_lm_head`] yields: the statistics of the last forward that computed a loss.
 
     Attributes:
+        example_weights (`torch.Tensor` of shape `(B,)`, *optional*):
+            Set before a forward to weigh each example's loss and gradient (the statistics stay unweighted).
+        row_selector (`Callable`, *optional*):
+            Set before a forward to weigh each supervised token: called with (example_of_row, position_of_row,
+            row_losses) of the shifted supervised rows, the learner's per-token loss computed first without gradient,
+            it returns each row's weight (Rho-1's token selection). The statistics still cover every token.
         statistics ([`ExampleStatistics`] or `None`):
             Per-example sums (float64, detached) of the last loss computed inside the context, aligned like
             `per_example_statistics(*align_causal_labels(logits, labels))` (position t predicts label t + 1), or
@@ -332,6 +379,9 @@ class FusedHeadCapture:
     def __init__(self, model: nn.Module, head: _PassThroughHead, chunk_size: int):
         self.statistics: ExampleStatistics | None = None
         self.chunk_size = chunk_size
+        # Per-example loss weights (B,) for the next forward, or None (every example weighs 1).
+        self.example_weights: torch.Tensor | None = None
+        self.row_selector = None
         self._name = type(model).__name__
         self._head = head
 
@@ -386,8 +436,15 @@ class FusedHeadCapture:
             normaliser = num_items_in_batch.to(hidden_states.device)
         else:
             normaliser = num_items_in_batch
+        row_weights = None
+        if self.example_weights is not None:
+            row_weights = self.example_weights.to(hidden_states.device)[example_of_row]  # (n,)
+        if self.row_selector is not None:
+            learner = row_losses(rows.detach(), weight, bias, targets, self.chunk_size)  # (n,), no gradient
+            selected = self.row_selector(example_of_row, position_of_row, learner).to(rows.dtype)
+            row_weights = selected if row_weights is None else row_weights * selected
         loss, self.statistics = fused_linear_cross_entropy(
-            rows, weight, bias, targets, example_of_row, num_examples, normaliser, self.chunk_size
+            rows, weight, bias, targets, example_of_row, num_examples, normaliser, self.chunk_size, row_weights
         )
         return loss
 

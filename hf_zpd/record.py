@@ -22,6 +22,7 @@ was scored for the epoch or drawn in it):
 | `out_of_reach` | bool | out of reach by the run's `out_of_reach` rule (never in the zone) |
 | `draws` | int64 | how many times the epoch drew the example (annealing draws included) |
 | `anneal_draws` | int64 | how many of those were the uniform annealing draws at the end of the epoch |
+| `loss_weight` | float64 | the example's loss weight in the epoch (1, or 1 / (1 - r) for a mastered example kept by pruning) |
 | `loss` | float64 | mean cross-entropy over the example's supervised positions |
 | `confidence` | float64 | mean max-probability |
 | `entropy` | float64 | mean entropy, divided by log V |
@@ -76,6 +77,7 @@ _ROW_COLUMNS = (
     "label",
     *_FLAGS,
     *_COUNTS,
+    "loss_weight",
     *_STATISTICS,
     "competence",
     "difficulty",
@@ -126,6 +128,7 @@ class EpochDraw:
         bands (`dict`): the band of each group, `label -> (level, lower, upper)` on the difficulty scale; the label
             is `-1` for a band over the whole pool.
         metrics (`dict[str, float]`): the `zpd/*` metrics logged when the epoch was planned.
+        loss_weights (`np.ndarray` of float64, *optional*): each example's loss weight (pruning); `None`: all 1.
     """
 
     epoch: int
@@ -137,6 +140,7 @@ class EpochDraw:
     scored_at: int | None = None
     bands: dict[int, tuple[float, float, float]] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    loss_weights: np.ndarray | None = None
 
     @property
     def num_samples(self) -> int:
@@ -235,6 +239,7 @@ class CurriculumRecord:
         columns["out_of_reach"] = np.isin(rows, draw.out_of_reach)
         columns["draws"] = draw.counts[rows]
         columns["anneal_draws"] = draw.anneal_counts[rows]
+        columns["loss_weight"] = np.ones(rows.size) if draw.loss_weights is None else draw.loss_weights[rows]
         if table is None:
             for name in (*_STATISTICS, "competence", "difficulty", "num_tokens"):
                 columns[name] = np.full(rows.size, np.nan)
@@ -280,6 +285,7 @@ class CurriculumRecord:
             arrays[name] = pa.array(columns[name].astype(bool), pa.bool_())
         for name in _COUNTS:
             arrays[name] = pa.array(columns[name].astype(np.int64), pa.int64())
+        arrays["loss_weight"] = pa.array(columns["loss_weight"].astype(np.float64), pa.float64())
         for name in (*_STATISTICS, "competence", "difficulty"):
             arrays[name] = pa.array(columns[name], pa.float64())
         for name in ("num_tokens", "scored_at"):
@@ -386,9 +392,14 @@ class CurriculumRecord:
                 known = np.isfinite(label)
                 labels[index[known]] = label[known].astype(np.int64)
         epochs: dict[int, EpochDraw] = {}
+        loss_weight = column("loss_weight").astype(np.float64) if "loss_weight" in table.column_names else None
         for key, entry in metadata["epochs"].items():
             value = int(key)
             rows = epoch == value
+            weights = None
+            if loss_weight is not None and (loss_weight[rows] != 1.0).any():
+                weights = np.ones(size)
+                weights[index[rows]] = loss_weight[rows]
             draws = np.zeros(size, dtype=np.int64)
             anneal = np.zeros(size, dtype=np.int64)
             draws[index[rows]] = counts["draws"][rows]
@@ -406,6 +417,7 @@ class CurriculumRecord:
                 scored_at=None if scored_at is None else int(scored_at),
                 bands={int(label): (float(a), float(b), float(c)) for label, a, b, c in entry["bands"]},
                 metrics=dict(entry["metrics"]),
+                loss_weights=weights,
             )
         record = cls(settings, dict(sorted(epochs.items())), history, labels, source=source)
         if "reference_loss" in table.column_names:

@@ -46,7 +46,7 @@ COMPOSITIONS = ("zone_and_fill", "zone_only", "easy_first")
 FILL_RULES = ("nearest", "weighted", "uniform")
 
 # Tags that give each random choice of an epoch its own stream, so that changing one part never shifts another.
-_ZONE_EXTRAS, _FILL, _REPLAY, _ANNEAL = 1, 2, 3, 4
+_ZONE_EXTRAS, _FILL, _REPLAY, _ANNEAL, _PRUNE = 1, 2, 3, 4, 6
 
 
 @dataclass(frozen=True)
@@ -149,6 +149,8 @@ class EpochPlan:
         metrics (`dict[str, float]`): the draw's `zpd/*` metrics (see the README's "Logged metrics").
         order (`np.ndarray` of int64, *optional*): the epoch's order, for an epoch drawn in a fixed order (uniform
             epochs follow the plain Trainer's); `None` lets the sampler shuffle the counts.
+        loss_weights (`np.ndarray` of float64, *optional*): each example's loss weight in this epoch (pruning:
+            1 / (1 - r) for the mastered examples kept); `None`: every weight is 1.
     """
 
     counts: np.ndarray
@@ -159,6 +161,7 @@ class EpochPlan:
     groups: list[GroupBand] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     order: np.ndarray | None = None
+    loss_weights: np.ndarray | None = None
 
     @property
     def num_samples(self) -> int:
@@ -516,6 +519,7 @@ def compose_epoch(
     labels: np.ndarray | None = None,
     out_of_reach: np.ndarray | None = None,
     num_anneal: int = 0,
+    prune_draws: int = 0,
 ) -> EpochPlan:
     """The draw counts of one epoch from the pool's scores.
 
@@ -532,6 +536,13 @@ def compose_epoch(
             high-loss or reference rule's: see `policy.exclude_out_of_reach`).
         num_anneal (`int`, *optional*, defaults to 0): how many of this epoch's samples are drawn uniformly at its
             end (annealing).
+        prune_draws (`int`, *optional*, defaults to 0): InfoBatch's unbiased pruning (Qin et al., ICLR 2024): the
+            epoch is composed for `num_samples + prune_draws` samples, then `prune_draws` of the draws of mastered
+            examples (below the level D of their group, not in the zone) are left out at random, and every mastered
+            example kept gets the loss weight 1 / (1 - r), r the share of mastered draws left out, so the expected
+            gradient is the unpruned epoch's. If there are fewer mastered draws than that, the rest come off the
+            fill's farthest draws (weight 1; `zpd/prune_overflow`). An epoch with annealing draws is not pruned
+            (InfoBatch anneals on everything): it is composed for `num_samples`.
 
     Returns:
         [`EpochPlan`]
@@ -556,7 +567,7 @@ def compose_epoch(
         raise ValueError(f"num_anneal must be in [0, num_samples={num_samples}], got {num_anneal}.")
     drawable = np.asarray(drawable, dtype=bool) & np.isfinite(log_difficulty)
     flags = np.zeros(size, dtype=bool) if out_of_reach is None else np.asarray(out_of_reach, dtype=bool)
-    rng = {tag: np.random.default_rng([seed, epoch, tag]) for tag in (_ZONE_EXTRAS, _FILL, _REPLAY, _ANNEAL)}
+    rng = {tag: np.random.default_rng([seed, epoch, tag]) for tag in (_ZONE_EXTRAS, _FILL, _REPLAY, _ANNEAL, _PRUNE)}
     # Excluded examples (a high-loss or reference rule's flags) are drawn by no part of the epoch; the guard's flags
     # only come last in the fill.
     excluded = flags if policy.exclude_out_of_reach else np.zeros(size, dtype=bool)
@@ -564,8 +575,11 @@ def compose_epoch(
     if not (drawable & ~excluded).any():
         raise ValueError("Every drawable example is out of reach: there is nothing to compose an epoch from.")
 
+    if prune_draws < 0:
+        raise ValueError(f"prune_draws must be non-negative, got {prune_draws}.")
+    prune_draws = prune_draws if num_anneal == 0 else 0
     anneal_counts = spread_evenly(allowed, num_anneal, rng[_ANNEAL], size)
-    composed = num_samples - num_anneal
+    composed = num_samples + prune_draws - num_anneal
     num_replay = int(round(policy.replay_fraction * composed))
     replay_counts = spread_evenly(allowed, num_replay, rng[_REPLAY], size)
     composed -= num_replay
@@ -583,6 +597,11 @@ def compose_epoch(
     in_band = np.sort(
         np.concatenate([group.members[(group.distance == 0.0) & ~group.out_of_reach] for group in groups])
     )
+    loss_weights, prune_metrics = None, {}
+    if prune_draws:
+        counts, loss_weights, prune_metrics = prune_mastered(
+            counts, anneal_counts, groups, log_difficulty, prune_draws, rng[_PRUNE]
+        )
     flagged = np.flatnonzero(flags & drawable)
     pool = np.flatnonzero(drawable)
     metrics = {
@@ -596,8 +615,60 @@ def compose_epoch(
         "zpd/num_skipped": float((counts[pool] == 0).sum()),
         "zpd/num_out_of_reach": float(flagged.size),
         "zpd/max_draws": float(counts.max()),
+        **prune_metrics,
     }
-    return EpochPlan(counts, anneal_counts, zone, in_band, flagged, groups, metrics)
+    return EpochPlan(counts, anneal_counts, zone, in_band, flagged, groups, metrics, loss_weights=loss_weights)
+
+
+def prune_mastered(
+    counts: np.ndarray,
+    anneal_counts: np.ndarray,
+    groups: list[GroupBand],
+    log_difficulty: np.ndarray,
+    prune_draws: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Leaves `prune_draws` draws out of an epoch's counts, from the mastered examples first, InfoBatch's way.
+
+    Mastered: a group's members below its level D (log d < log D) and not in its zone. Draws are left out uniformly at
+    random among the mastered draws (a draw is a unit of `counts` not drawn by annealing), and each mastered example
+    that keeps a draw gets the loss weight `D_M / (D_M - P_M)` = 1 / (1 - r) (D_M mastered draws, P_M left out).
+    Draws beyond D_M come off the farthest composed draws (the largest distance to the band, ties to the higher
+    index), one at a time.
+
+    Returns:
+        `tuple[np.ndarray, np.ndarray, dict]`: the counts, the loss weights (1 where not mastered), the metrics.
+    """
+    counts = counts.copy()
+    weights = np.ones(counts.size)
+    mastered = np.zeros(counts.size, dtype=bool)
+    distance = np.full(counts.size, -np.inf)
+    for group in groups:
+        mastered[group.members[log_difficulty[group.members] < group.log_level]] = True
+        mastered[group.zone] = False
+        distance[group.members] = group.distance
+    composed = counts - anneal_counts
+    owners = np.repeat(np.arange(counts.size), np.where(mastered, composed, 0))  # one entry per mastered draw
+    from_mastered = min(prune_draws, owners.size)
+    if from_mastered:
+        left_out = rng.choice(owners.size, size=from_mastered, replace=False)
+        np.subtract.at(counts, owners[left_out], 1)
+        if from_mastered < owners.size:  # else no mastered draw is left to carry a weight
+            weights[mastered & (counts - anneal_counts > 0)] = owners.size / (owners.size - from_mastered)
+    overflow = remaining = prune_draws - from_mastered
+    candidates = np.flatnonzero(~mastered)
+    order = candidates[np.lexsort((-candidates, -distance[candidates]))]  # farthest first
+    while remaining:
+        for index in order:
+            if remaining and counts[index] - anneal_counts[index] > 0:
+                counts[index] -= 1
+                remaining -= 1
+    metrics = {
+        "zpd/num_pruned": float(prune_draws),
+        "zpd/prune_rate": float(from_mastered / owners.size) if owners.size else 0.0,
+        "zpd/prune_overflow": float(overflow),
+    }
+    return counts, weights, metrics
 
 
 def anneal_samples(epoch: int, num_samples: int, total_samples: int, anneal_fraction: float) -> int:

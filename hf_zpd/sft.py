@@ -80,6 +80,13 @@ class ZPDSFTTrainer(ZPDTrainerMixin, SFTTrainer):
                 "scores and draws each example on its own. Set packing=False and padding_free=False (eval_packing "
                 "may stay on)."
             )
+        for name, off in (("prune_fraction", 0), ("token_selection_fraction", None)):
+            if args is not None and getattr(args, name, off) not in (off, 0):
+                raise ValueError(
+                    f"ZPDSFTTrainer does not take {name}: SFTTrainer computes its loss through its own fused head, "
+                    "which cannot weigh examples or tokens. Use ZPDTrainer with a supported causal LM (on the chat "
+                    f"data, with its labels), or leave {name} unset."
+                )
         if args is not None and getattr(args, "fused_cross_entropy", False):
             raise ValueError(
                 "ZPDSFTTrainer does not take fused_cross_entropy=True: SFTTrainer computes its loss with a fused LM "
@@ -101,7 +108,7 @@ class ZPDSFTTrainer(ZPDTrainerMixin, SFTTrainer):
                 "reads the model's own logits) or a model with a plain lm_head."
             )
 
-    def _loss_and_statistics(self, model, inputs, labels, return_outputs, num_items_in_batch):
+    def _loss_and_statistics(self, model, inputs, labels, return_outputs, num_items_in_batch, weights=None):
         # SFTTrainer.compute_loss (trl 1.16) computes the loss through its fused head; its last hidden states are
         # captured on the way, and the statistics are projected from them.
         base = base_model(model)

@@ -177,6 +177,54 @@ class ZPDTrainerMixin:
         if hasattr(self.model, "add_model_tags"):  # the Hub card's tags, as trl does
             self.model.add_model_tags(list(MODEL_TAGS))
         self._uses_fused_head = self._resolve_fused_head()
+        if self.args.token_selection_fraction is not None:
+            self._check_token_selection()
+        if self.args.prune_fraction > 0 and (self.args.label_smoothing_factor > 0 or self.compute_loss_func):
+            raise ValueError(
+                "prune_fraction weighs each example's cross-entropy, which label smoothing and compute_loss_func "
+                "replace: set prune_fraction=0, or drop label_smoothing_factor / compute_loss_func."
+            )
+
+    def _check_token_selection(self) -> None:
+        """Token selection needs a reference model and the fused head, for the model and for the reference."""
+        if self.reference_model is None:
+            raise ValueError(
+                "token_selection_fraction selects tokens by their excess loss over a reference model: pass "
+                "reference_model=... to the trainer (a causal LM with the same tokenizer)."
+            )
+        if not self._uses_fused_head:
+            raise ValueError(
+                f"token_selection_fraction weighs each token's loss through the fused causal-LM head, which is off for "
+                f"{model_class_name(self.model)}. Use a causal LM that fused_cross_entropy supports (GPT-2, Llama, "
+                "Mistral, Qwen2/3, SmolLM3), or token_selection_fraction=None."
+            )
+        check_fused_support(base_model(self.reference_model))
+
+    def _token_selector(self, inputs: Mapping[str, Any]):
+        """The row weights of Rho-1's selection for this batch: the reference's token losses (no gradient), then,
+        given the learner's, weight 1 / fraction for the top `fraction` by excess loss and 0 for the rest."""
+        fraction = self.args.token_selection_fraction
+        reference_losses = {}
+
+        def record(example_of_row, position_of_row, losses):
+            reference_losses["rows"] = losses
+            return torch.ones_like(losses)
+
+        with (
+            torch.no_grad(),
+            fused_causal_lm_head(base_model(self.reference_model), self.args.statistics_chunk_size) as capture,
+        ):
+            capture.row_selector = record
+            self.reference_model(**inputs)
+
+        def select(example_of_row, position_of_row, learner_losses):
+            excess = learner_losses - reference_losses["rows"].to(learner_losses.device)  # (n,)
+            keep = max(1, math.ceil(fraction * excess.numel())) if excess.numel() else 0
+            weights = torch.zeros_like(excess)
+            weights[torch.topk(excess, keep).indices] = 1.0 / fraction
+            return weights
+
+        return select
 
     supports_fused_head: bool = True
     """Whether this trainer can train through hf_zpd's fused causal-LM head (`fused_cross_entropy`)."""
@@ -285,7 +333,7 @@ class ZPDTrainerMixin:
         self._shuffle_seed = self.args.data_seed if self.args.data_seed is not None else torch.random.initial_seed()
         self._zpd_sampler = ZPDSampler(
             dataset_size=len(dataset),
-            num_samples=samples_per_epoch(len(dataset), self._epoch_fraction),
+            num_samples=self._num_samples,
             plan_for_epoch=self._plan_for_epoch,
             seed=self._curriculum_seed,
         )
@@ -305,7 +353,14 @@ class ZPDTrainerMixin:
 
     @property
     def _num_samples(self) -> int:
-        return samples_per_epoch(len(self.train_dataset), self._epoch_fraction)
+        """Every epoch's length: `epoch_fraction` of the set, less the draws pruning leaves out of each."""
+        return samples_per_epoch(len(self.train_dataset), self._epoch_fraction) - self._prune_draws
+
+    @property
+    def _prune_draws(self) -> int:
+        """The draws a pruned epoch leaves out: `prune_fraction` of the mastered region, about half the epoch."""
+        unpruned = samples_per_epoch(len(self.train_dataset), self._epoch_fraction)
+        return min(int(math.floor(unpruned * self.args.prune_fraction / 2)), unpruned - 1)
 
     def _resolve_epoch_fraction(self) -> float:
         """`epoch_fraction`, or with `None` 1.0 for a run of one pass or more, else 4 epochs over the budget.
@@ -377,25 +432,56 @@ class ZPDTrainerMixin:
         labels = self._labels_of(inputs)
         if self._zpd_alignment is None:  # the first training batch: what the statistics need, before its forward
             self._check_first_batch(labels, index)
-        loss, outputs, stats = self._loss_and_statistics(model, inputs, labels, return_outputs, num_items_in_batch)
+        weights = None
+        if self._zpd_curriculum is not None and index is not None:
+            epoch_weights = self._zpd_curriculum.loss_weights(self._zpd_epoch)
+            if epoch_weights is not None:
+                weights = torch.as_tensor(epoch_weights[index.cpu().numpy()], device=labels.device)  # (B,)
+        loss, outputs, stats = self._loss_and_statistics(
+            model, inputs, labels, return_outputs, num_items_in_batch, weights
+        )
         self._record_training_statistics(stats)
         if self._zpd_curriculum is not None:
             self._zpd_curriculum.observe(index, self.state.global_step, stats)
         return (loss, outputs) if return_outputs else loss
 
-    def _loss_and_statistics(self, model, inputs, labels, return_outputs, num_items_in_batch):
-        """The parent's loss and outputs for a training batch, and the batch's per-example statistics."""
+    def _loss_and_statistics(self, model, inputs, labels, return_outputs, num_items_in_batch, weights=None):
+        """The parent's loss and outputs for a training batch, and the batch's per-example statistics; with
+        per-example `weights` (pruning), the loss each example contributes is weighed."""
         if self._uses_fused_head:
             # The model's lm_head and loss function are swapped for the fused ones during this forward only (the
             # backward runs later, on the gradients the fused function computed); `outputs.logits` are hidden states.
+            selector = None
+            if self.args.token_selection_fraction is not None:
+                selector = self._token_selector({**inputs, self.label_names[0]: labels})
             with fused_causal_lm_head(base_model(model), chunk_size=self.args.statistics_chunk_size) as capture:
+                capture.example_weights, capture.row_selector = weights, selector
                 loss, outputs = super().compute_loss(
                     model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
                 )
             self._zpd_alignment = SHIFTED  # the fused head serves causal LMs only (fused.py's allowlist)
             return loss, outputs, capture.statistics
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        return loss, outputs, self._statistics_from_outputs(model, outputs, labels, num_items_in_batch)
+        stats = self._statistics_from_outputs(model, outputs, labels, num_items_in_batch)
+        if weights is not None:
+            loss = self._weighted_loss(model, loss, outputs, labels, weights)
+        return loss, outputs, stats
+
+    def _weighted_loss(self, model, loss, outputs, labels, weights) -> torch.Tensor:
+        """The Trainer's loss with each example's cross-entropy weighed: `(loss / sum_i CE_i) * sum_i w_i CE_i`, the
+        ratio (no gradient) carrying the Trainer's own normalisation (`num_items_in_batch`, processes)."""
+        logits = self._logits_of(model, outputs)
+        if logits.dim() != 2:
+            raise ValueError(
+                f"prune_fraction weighs each example's loss, which for {model_class_name(model)} (logits of shape "
+                f"{tuple(logits.shape)}) needs the fused causal-LM head, and it is off for this model. Use a "
+                "classifier, a causal LM that the fused head supports (fused_cross_entropy), or prune_fraction=0."
+            )
+        per_example = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")  # (B,)
+        total = per_example.detach().sum()
+        if total == 0:
+            return loss
+        return (loss.detach() / total) * (weights.to(per_example.dtype) * per_example).sum()
 
     def _labels_of(self, inputs: Mapping[str, Any]) -> torch.Tensor:
         if len(self.label_names) != 1:
@@ -605,6 +691,8 @@ class ZPDTrainerMixin:
         full_epochs, extra_steps = divmod(self.state.max_steps, steps_per_epoch)
         samples_per_step = self.get_total_train_batch_size(self.args)
         total_samples = full_epochs * self._num_samples + min(extra_steps * samples_per_step, self._num_samples)
+        if self.reference_model is not None:
+            self.reference_model.to(self.args.device).eval()
         reference = self._reference_scores() if self.args.needs_reference else None
         record.reference = reference
         self._zpd_curriculum = self.curriculum_class(
@@ -617,6 +705,7 @@ class ZPDTrainerMixin:
             shuffle_seed=self._shuffle_seed,
             labels=labels,
             scoring_pool_size=self._scoring_pool_size,
+            prune_draws=self._prune_draws,
             reference=reference,
             score_pool=self._score_pool,
             merge=lambda scores: scores.merge(self.accelerator),
@@ -893,6 +982,8 @@ class ZPDTrainerMixin:
             "global_batch_size": self.get_total_train_batch_size(args),
             "rescore_every": args.rescore_every,
             "scoring_pool_size": self._scoring_pool_size,
+            "prune_fraction": args.prune_fraction,
+            "token_selection_fraction": args.token_selection_fraction,
             "out_of_reach": args.out_of_reach,
             "max_out_of_reach_fraction": args.max_out_of_reach_fraction,
             "pacing": args.pacing,

@@ -30,6 +30,7 @@ from hf_zpd.fused import (
     check_fused_support,
     fused_causal_lm_head,
     fused_linear_cross_entropy,
+    row_losses,
 )
 from hf_zpd.statistics import align_causal_labels, per_example_statistics
 
@@ -246,6 +247,44 @@ def test_function_against_naive_reference(chunk_size, with_bias):
     ):
         torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
     assert statistics.num_tokens.tolist() == [3, 5, 0, 2]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 100])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_row_weights_against_naive_reference(chunk_size, with_bias):
+    """Weighted rows (pruning, token selection): loss sum_r w_r CE_r / N and its gradients; statistics unweighted."""
+    generator = torch.Generator().manual_seed(1)
+    num_rows, hidden, vocab, num_examples = 10, 6, 50, 4
+    rows = torch.randn(num_rows, hidden, generator=generator)
+    weight = torch.randn(vocab, hidden, generator=generator)
+    bias = torch.randn(vocab, generator=generator) if with_bias else None
+    targets = torch.randint(0, vocab, (num_rows,), generator=generator)
+    example_of_row = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 3, 3])
+    row_weights = torch.tensor([1.0, 2.0, 0.0, 0.5, 1.0, 1.0, 3.0, 0.0, 1.5, 1.0])
+    leaves = [tensor.clone().requires_grad_() for tensor in (rows, weight) + ((bias,) if with_bias else ())]
+    loss, statistics = fused_linear_cross_entropy(
+        leaves[0], leaves[1], leaves[2] if with_bias else None, targets, example_of_row, num_examples, 13,
+        chunk_size, row_weights,
+    )  # fmt: skip
+    loss.backward()
+    reference = [tensor.detach().clone().requires_grad_() for tensor in leaves]
+    logits = F.linear(reference[0], reference[1], reference[2] if with_bias else None)
+    expected = (F.cross_entropy(logits, targets, reduction="none") * row_weights).sum() / 13
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+    for leaf, naive in zip(leaves, reference, strict=True):
+        torch.testing.assert_close(leaf.grad, naive.grad, rtol=1e-5, atol=1e-6)
+    _, unweighted = _naive(rows, weight, bias, targets, example_of_row, num_examples, 13)
+    torch.testing.assert_close(statistics.loss_sum, unweighted[0], rtol=1e-6, atol=1e-6)
+
+
+def test_row_losses_are_each_rows_cross_entropy():
+    generator = torch.Generator().manual_seed(2)
+    rows, weight = torch.randn(9, 5, generator=generator), torch.randn(30, 5, generator=generator)
+    targets = torch.randint(0, 30, (9,), generator=generator)
+    expected = F.cross_entropy(rows @ weight.T, targets, reduction="none")
+    for chunk_size in (1, 4, 50):
+        torch.testing.assert_close(row_losses(rows, weight, None, targets, chunk_size), expected)
 
 
 def test_function_gradcheck_float64():

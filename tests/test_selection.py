@@ -502,3 +502,60 @@ def test_easy_first_cycles_through_the_easiest_share_of_each_class(share):
             plan.counts[members].sum()
             == allocate_by_share(90, [(drawable & (labels == c)).sum() for c in np.unique(labels[drawable])])[label]
         )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# InfoBatch's unbiased pruning of the mastered region
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("balance", [False, True])
+@pytest.mark.parametrize("prune", [0, 5, 30, 90])
+def test_pruning_leaves_out_mastered_draws_and_reweighs_the_rest(balance, prune):
+    log_d, drawable, labels = pool("spread", 120, seed=5)
+    policy = CompositionPolicy(zone_repeats=2, class_balance=balance)
+    num_samples = 120 - prune
+    plan = compose_epoch(policy, num_samples, log_d, drawable, 0, 3, labels, prune_draws=prune)
+    unpruned = compose_epoch(policy, num_samples + prune, log_d, drawable, 0, 3, labels)
+    assert plan.counts.sum() == num_samples and (plan.counts <= unpruned.counts).all()
+    # The mastered region, written out: below the level of its group, and not in the zone.
+    mastered = np.zeros(120, dtype=bool)
+    for group in unpruned.groups:
+        mastered[group.members[log_d[group.members] < group.log_level]] = True
+    mastered[unpruned.zone] = False
+    mastered_draws = unpruned.counts[mastered].sum()
+    from_mastered = min(prune, mastered_draws)
+    assert (unpruned.counts - plan.counts)[mastered].sum() == from_mastered
+    if prune == 0:
+        assert plan.loss_weights is None and "zpd/num_pruned" not in plan.metrics
+        return
+    assert plan.metrics["zpd/prune_overflow"] == prune - from_mastered
+    kept = mastered & (plan.counts > 0)
+    if kept.any():
+        np.testing.assert_allclose(plan.loss_weights[kept], mastered_draws / (mastered_draws - from_mastered))
+    assert (plan.loss_weights[~kept] == 1).all()
+    if prune > mastered_draws:  # the rest came off the farthest non-mastered draws
+        distance = np.full(120, np.nan)
+        for group in unpruned.groups:
+            distance[group.members] = group.distance
+        cut = (unpruned.counts - plan.counts > 0) & ~mastered
+        untouched = (plan.counts > 0) & ~mastered & ~cut
+        assert cut.any() and distance[cut].min() >= distance[untouched].max()
+
+
+def test_pruning_is_unbiased_in_expectation():
+    """Over many epochs (seeds), each mastered example's expected weighted draws equal its unpruned draws."""
+    log_d, drawable, labels = pool("spread", 60, seed=6)
+    policy = CompositionPolicy(zone_repeats=1, class_balance=False)
+    unpruned = compose_epoch(policy, 60, log_d, drawable, 0, 2)
+    total = np.zeros(60)
+    for epoch in range(2, 2002):
+        plan = compose_epoch(policy, 45, log_d, drawable, 0, epoch, prune_draws=15)
+        total += plan.counts * plan.loss_weights
+    np.testing.assert_allclose(total / 2000, unpruned.counts, atol=0.08)
+
+
+def test_epochs_with_annealing_draws_are_not_pruned():
+    log_d, drawable, labels = pool("spread", 60)
+    plan = compose_epoch(CompositionPolicy(), 50, log_d, drawable, 0, 3, labels, num_anneal=10, prune_draws=10)
+    assert plan.loss_weights is None and plan.counts.sum() == 50 and "zpd/num_pruned" not in plan.metrics

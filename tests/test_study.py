@@ -83,3 +83,53 @@ def test_the_study_runs_every_arm_and_reports_the_targets(task, tmp_path, tokeni
     rows = (output_dir / "study.csv").read_text().splitlines()
     assert rows[0].split(",")[:3] == sorted(rows[0].split(","))[:3] and len(rows) > 20
     json.dumps(runs)  # every run is plain JSON
+
+
+@pytest.mark.slow
+def test_the_regime_arms_on_a_tiny_budget_task(tmp_path, tokenizer):
+    """A budget over a pool: every arm trains the budget (twice it for uniform_x2; the limit trains the whole pool for
+    its epochs), the ZPD arms score a pool of fresh candidates, and the runs count their compute."""
+    study = load("study")
+    model_dir = tmp_path / "tiny-bert"
+    tiny_bert_classifier(len(tokenizer), num_labels=3).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    output_dir = tmp_path / "results"
+    arms = ["uniform", "uniform_x2", "limit", "zpd", "random", "zpd-highloss-k1"]
+    common = ["--task", "tweets_budget", "--model_name_or_path", str(model_dir), "--output_dir", str(output_dir),
+              "--seeds", "0", "--learning_rates", "1e-3", "--train_size", "160", "--eval_size", "24",
+              "--max_length", "16", "--batch_size", "8", "--budget_steps", "8", "--num_threads", "1"]  # fmt: skip
+    assert study.main([*common, "--arms", *arms]) == 0
+    runs = {r["arm"]: r for r in study.read_runs(str(output_dir / "tweets_budget" / "runs.jsonl"))}
+    assert {runs[a]["steps"] for a in ("uniform", "zpd", "random", "zpd-highloss-k1")} == {8}
+    assert runs["uniform_x2"]["steps"] == 16 and runs["limit"]["steps"] == 2 * 160 // 8  # 2 passes over the pool
+    for name in ("zpd", "random", "zpd-highloss-k1"):
+        run = runs[name]
+        assert run["settings"]["epoch_fraction"] == pytest.approx(16 / 160)  # 4 epochs of 2 steps
+        assert run["scored_examples"] == 3 * 32 and run["trained_examples"] == 64
+    assert runs["zpd-highloss-k1"]["settings"]["out_of_reach"] == "high_loss"
+    assert runs["zpd-highloss-k1"]["settings"]["zone_repeats"] == 1
+    assert runs["uniform"]["scored_examples"] == 0
+
+
+def test_arm_names_stand_for_their_settings():
+    study = load("study")
+    arm = study.arm("random-highloss-rising-k1")
+    assert arm.random_control and arm.overrides == {"out_of_reach": "high_loss", "pacing": "rising", "zone_repeats": 1}
+    assert study.arm("zpd").overrides == {} and not study.arm("zpd").random_control
+    assert study.arm("pilot_no_guard_loss").overrides == {"difficulty_mode": "loss", "out_of_reach": "none"}
+    with pytest.raises(ValueError, match="Unknown arm"):
+        study.arm("zpd-sideways")
+
+
+def test_bible_book_groups_from_the_bible_programs_output():
+    """Books come in canonical order; a group starts at its first book (Joshua, Job, Isaiah, Matthew, Romans)."""
+    study = load("study")
+    chapters = [("Genesis 1", "In the beginning God created the heaven and the earth."), ("Joshua 1", "Now after."),
+                ("1 Samuel 3", "And the child Samuel ministered."), ("Job 1", "There was a man."),
+                ("Song of Solomon 2", "I am the rose of Sharon."), ("Isaiah 1", "The vision."),
+                ("Matthew 1", "The book."), ("Acts 1", "The former treatise."), ("Romans 1", "Paul."),
+                ("Revelation 22", "The grace of our Lord Jesus Christ be with you all. Amen.")]  # fmt: skip
+    text = "".join(f"\n{heading}\n\n  1 {verse}\n" for heading, verse in chapters)
+    verses = study.parse_bible(text)
+    assert [group for _, group, _ in verses] == [0, 1, 1, 2, 2, 3, 4, 4, 5, 5]
+    assert verses[0][0] == "In the beginning God created the heaven and the earth."

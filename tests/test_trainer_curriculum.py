@@ -27,7 +27,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from hf_zpd import ZPDConfig, ZPDTrainer
+from hf_zpd import ZPDConfig, ZPDTrainer, load_curriculum
 from hf_zpd.curriculum import Curriculum
 from hf_zpd.record import RECORD_NAME
 from hf_zpd.sampler import trainer_order
@@ -298,7 +298,38 @@ def test_a_one_epoch_run_scores_nothing_and_says_the_curriculum_cannot_act(token
     assert longer.scoring_passes == 1 and "never acts" not in caplog.text
 
 
-# ---- a budget under two passes: small epochs, chosen automatically ----
+# ---- pruning ----
+
+
+def test_pruning_shortens_every_epoch_by_a_fixed_count_and_records_the_weights(tokenizer, tmp_path):
+    """48 examples, prune_fraction 0.5: every epoch has 48 - floor(48 x 0.25) = 36 samples (5 steps of 8), known
+    before training; composed epochs leave out 12 mastered draws and weigh the kept mastered examples."""
+    args = config(tmp_path, prune_fraction=0.5, anneal_fraction=0.0, save_strategy="epoch")
+    trainer = gpt2_trainer(tokenizer, args)
+    trainer.train()
+    plain = gpt2_trainer(tokenizer, plain_config(tmp_path, max_steps=15), trainer_class=Trainer)
+    plain.train()
+    assert trainer.state.global_step == plain.state.global_step == 15
+    rates = [[e["learning_rate"] for e in t.state.log_history if "learning_rate" in e] for t in (trainer, plain)]
+    assert rates[0] == rates[1]
+    record = trainer.curriculum
+    assert all(draw.counts.sum() == 36 for draw in record.epochs.values())
+    assert record.epochs[1].loss_weights is None  # the uniform epoch is not pruned
+    for epoch in (2, 3):
+        draw = record.epochs[epoch]
+        assert draw.metrics["zpd/num_pruned"] == 12 and 0 < draw.metrics["zpd/prune_rate"] <= 1
+        weighted = draw.loss_weights > 1
+        assert weighted.any() and (draw.counts[weighted] > 0).all()
+        assert draw.loss_weights[weighted] == pytest.approx(1 / (1 - draw.metrics["zpd/prune_rate"]))
+    saved = load_curriculum(str(tmp_path / "run"))
+    for epoch, draw in record.epochs.items():
+        if draw.loss_weights is None:
+            assert saved.epochs[epoch].loss_weights is None
+        else:
+            np.testing.assert_array_equal(saved.epochs[epoch].loss_weights, draw.loss_weights)
+
+
+# ---- a budget under one pass: small epochs, chosen automatically ----
 
 
 @pytest.mark.parametrize("budget", ["max_steps", "num_train_epochs"])
@@ -528,6 +559,10 @@ RESUME_SETTINGS = {
     "seed-rule": dict(composition="zone_only"),
     # The training passes' statistics since the last zone are part of the checkpoint.
     "training-pass-source": dict(score_source="training_pass", num_train_epochs=4),
+    # The new rules: loss weights of pruned epochs, flags from the loss mixture, a rising band, an easy share.
+    "prune-highloss-rising": dict(prune_fraction=0.5, out_of_reach="high_loss", pacing="rising", anneal_fraction=0.0),
+    "easy-first": dict(composition="easy_first"),
+    "budget-under-one-pass": dict(max_steps=5, num_train_epochs=1, save_steps=1),
 }
 
 

@@ -3,8 +3,10 @@
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from builders import (
     causal_lm_dataset,
     classification_dataset,
@@ -216,3 +218,112 @@ def test_fused_training_run_follows_the_standard_run(tokenizer, tmp_path):
         standard.model.state_dict().items(), fused.model.state_dict().values(), strict=True
     ):
         torch.testing.assert_close(right, left, rtol=1e-4, atol=1e-5, msg=name)
+
+
+# ---- weighted losses: pruning (per example) and token selection (per token), against naive references ----
+
+
+def weighted_step(trainer, batch, weights, num_items):
+    """One training_step with these per-example weights as the curriculum would give them for the batch."""
+    from hf_zpd.curriculum import Curriculum
+
+    class Fixed(Curriculum):
+        def __init__(self):
+            pass
+
+        def loss_weights(self, epoch):
+            return weights
+
+        def observe(self, index, step, stats):
+            pass
+
+    trainer._zpd_curriculum = Fixed()
+    trainer.current_gradient_accumulation_steps = 1
+    torch.manual_seed(0)
+    inputs = dict(batch, zpd_index=torch.arange(len(weights)))
+    loss = trainer.training_step(trainer.model, inputs, num_items)
+    gradients = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    return loss, gradients
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2"])
+def test_pruning_weights_each_examples_loss(name, tokenizer, tmp_path):
+    """The weighted loss is sum_i w_i CE_i over the Trainer's own normaliser: the mean for a classifier, the count
+    of supervised tokens (num_items_in_batch) for a causal LM (fused head)."""
+    _, dataset, collator = family(name, tokenizer)
+    # No dropout: the naive reference runs the same forward (training_step puts the model in train mode).
+    model = (
+        tiny_bert_classifier(len(tokenizer), dropout=0.0) if name == "bert" else tiny_gpt2(len(tokenizer), dropout=0.0)
+    )
+    args = ZPDConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, prune_fraction=0.5)
+    trainer = ZPDTrainer(model=copy.deepcopy(model), args=args, train_dataset=dataset, data_collator=collator)
+    trainer.model.eval()
+    batch = collator([dataset[i] for i in range(4)])
+    weights = np.array([2.0, 1.0, 0.5, 1.5])
+    num_items = trainer._get_num_items_in_batch([batch], trainer.args.device)
+    loss, gradients = weighted_step(trainer, batch, weights, num_items)
+
+    reference = copy.deepcopy(model)
+    outputs = reference(**{k: v for k, v in batch.items() if k != "labels"})
+    labels = batch["labels"]
+    if name == "bert":
+        per_example = F.cross_entropy(outputs.logits, labels, reduction="none")
+        expected = (per_example * torch.as_tensor(weights, dtype=per_example.dtype)).sum() / len(weights)
+    else:
+        logits, shifted = align_causal_labels(outputs.logits, labels)
+        per_token = F.cross_entropy(logits.transpose(1, 2), shifted, reduction="none", ignore_index=-100)  # (B, T)
+        per_example = per_token.sum(dim=1)
+        expected = (per_example * torch.as_tensor(weights, dtype=per_example.dtype)).sum() / num_items
+    expected.backward()
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-5, atol=1e-6)
+    for parameter_name, parameter in reference.named_parameters():
+        if parameter.grad is not None:
+            torch.testing.assert_close(gradients[parameter_name], parameter.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_token_selection_trains_on_the_tokens_of_highest_excess_loss(tokenizer, tmp_path):
+    """Rho-1: the loss is the mean over the top share of tokens by (learner - reference) loss."""
+    _, dataset, collator = family("gpt2", tokenizer)
+    model = tiny_gpt2(len(tokenizer), dropout=0.0)
+    reference_model = tiny_gpt2(len(tokenizer), seed=9, dropout=0.0)
+    args = ZPDConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, token_selection_fraction=0.5)
+    trainer = ZPDTrainer(model=copy.deepcopy(model), args=args, train_dataset=dataset, data_collator=collator,
+                         reference_model=reference_model)  # fmt: skip
+    trainer.model.eval()
+    batch = collator([dataset[i] for i in range(4)])
+    num_items = trainer._get_num_items_in_batch([batch], trainer.args.device)
+    trainer.current_gradient_accumulation_steps = 1
+    trainer._zpd_alignment = "shifted"
+    loss = trainer.training_step(trainer.model, dict(batch), num_items)
+
+    def token_losses(network):
+        logits, shifted = align_causal_labels(network(input_ids=batch["input_ids"]).logits, batch["labels"])
+        mask = shifted != -100
+        return F.cross_entropy(logits[mask], shifted[mask], reduction="none")
+
+    learner = copy.deepcopy(model)
+    mine = token_losses(learner)
+    with torch.no_grad():
+        excess = mine.detach() - token_losses(reference_model)
+    keep = torch.topk(excess, math.ceil(0.5 * excess.numel())).indices
+    expected = mine[keep].sum() / 0.5 / num_items
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-5, atol=1e-6)
+    expected.backward()
+    for parameter_name, parameter in learner.named_parameters():
+        if parameter.grad is not None:
+            actual = dict(trainer.model.named_parameters())[parameter_name].grad
+            torch.testing.assert_close(actual, parameter.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_weighing_settings_that_cannot_apply_are_refused(tokenizer, tmp_path):
+    def make(model, **fields):
+        return ZPDTrainer(model=model, args=ZPDConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, **fields))
+
+    with pytest.raises(ValueError, match="pass reference_model"):
+        make(tiny_gpt2(len(tokenizer)), token_selection_fraction=0.6)
+    with pytest.raises(ValueError, match="through the fused causal-LM head, which is off"):
+        ZPDTrainer(model=tiny_bert_classifier(len(tokenizer)), reference_model=tiny_gpt2(len(tokenizer)),
+                   args=ZPDConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True,
+                                  token_selection_fraction=0.6))  # fmt: skip
+    with pytest.raises(ValueError, match="label smoothing and compute_loss_func replace"):
+        make(tiny_bert_classifier(len(tokenizer)), prune_fraction=0.5, label_smoothing_factor=0.1)
