@@ -266,6 +266,49 @@ def logit_transform_fields(config) -> list[str]:
     ]
 
 
+def fused_head_setting(
+    model: nn.Module, choice: bool | None, reads_logits: bool, wrappers: list[str]
+) -> tuple[bool, str | None]:
+    """Whether a trainer takes the fused head, and why not: `fused_cross_entropy` as set, or with `None` on where it
+    is safe.
+
+    Safe means: [`check_fused_support`] passes (a causal LM on the allowlist, with a plain `lm_head`, no logit
+    transform, its own loss function), nothing reads the full logits (`reads_logits`: label smoothing or a
+    `compute_loss_func`), and nothing wraps or shards the head (`wrappers`: `torch_compile`, FSDP, DeepSpeed). `True`
+    where it does not apply is a `ValueError` naming the reason.
+
+    Args:
+        model (`nn.Module`): the unwrapped model.
+        choice (`bool`, *optional*): the setting.
+        reads_logits (`bool`): label smoothing or a `compute_loss_func` is in use.
+        wrappers (`list[str]`): the names of what wraps or shards the model.
+
+    Returns:
+        `tuple[bool, str | None]`: the decision, and the reason the fused head does not apply (`None` if it does).
+    """
+    if choice is False:
+        return False, None
+    reason = None
+    if reads_logits:
+        reason = (
+            "fused_cross_entropy computes the model's own cross-entropy without the full logits, but label smoothing "
+            "and compute_loss_func read those logits. Set fused_cross_entropy=False, or drop label_smoothing_factor / "
+            "compute_loss_func."
+        )
+    else:
+        try:
+            check_fused_support(model)
+        except ValueError as error:
+            reason = str(error)
+    if choice is True:
+        if reason is not None:
+            raise ValueError(reason)
+        return True, None
+    if reason is None and wrappers:
+        reason = f"{wrappers[0]} wraps or shards the output layer; set fused_cross_entropy=True to try it anyway"
+    return reason is None, reason
+
+
 def check_fused_support(model: nn.Module) -> None:
     """Raises unless `model` is a causal LM whose loss the fused head reproduces exactly.
 

@@ -46,7 +46,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -592,6 +592,28 @@ class CurriculumRecord:
                 raise ValueError(f"The dataset already has a column named {column!r}; rename it to export scores.")
             curated = curated.add_column(column, values)
         return curated
+
+
+def class_labels(dataset, label_names: list[str]) -> np.ndarray | None:
+    """Each example's class when every example carries one integer class label (classification), else `None`."""
+    import datasets
+
+    names = [*label_names, "label", "labels", "label_ids"]
+    if isinstance(dataset, datasets.Dataset):
+        column = next((name for name in names if name in dataset.column_names), None)
+        if column is None:
+            return None
+        values = dataset.with_format(None)[column]
+    else:
+        first = dataset[0]
+        column = next((name for name in names if isinstance(first, Mapping) and name in first), None)
+        if column is None:
+            return None
+        values = [dataset[i][column] for i in range(len(dataset))]
+    values = [value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value for value in values]
+    if not all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in values):
+        return None  # sequences of labels (causal LM, token classification, seq2seq), or floats
+    return np.asarray(values, dtype=np.int64)
 
 
 def detect_id_column(dataset, id_column: str | None = None) -> str | None:

@@ -8,6 +8,7 @@ Scattering by index puts the rows back in dataset order and drops the duplicate 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -76,6 +77,21 @@ class ScoreTable:
     def finite(self) -> np.ndarray:
         """True where every statistic of an example is finite (so it was scored and had supervised positions)."""
         return np.isfinite(self.loss) & np.isfinite(self.confidence) & np.isfinite(self.entropy)
+
+
+def example_lengths(dataset, names: Sequence[str], length_column: str | None = None) -> np.ndarray | None:
+    """Each example's length from the first of the `names` columns a `datasets.Dataset` has: the column itself when
+    it is `length_column` (a column of lengths), else each row's length; `None` for other datasets or without one."""
+    import datasets
+
+    if not isinstance(dataset, datasets.Dataset):
+        return None
+    for name in names:
+        if name in dataset.column_names:
+            column = dataset.with_format(None)[name]
+            lengths = column if name == length_column else [len(row) for row in column]
+            return np.asarray(lengths, dtype=np.int64)
+    return None
 
 
 def length_grouped_batches(indices: np.ndarray, lengths: Sequence[int] | None, batch_size: int) -> list[list[int]]:
@@ -244,6 +260,13 @@ class TrainingPassScores:
 
     def clear(self) -> None:
         self.__init__(len(self.table))
+
+
+def dataset_sketch(dataset) -> list[float]:
+    """The size and a hash of three rows: enough to catch processes that built different training sets."""
+    size = len(dataset)
+    rows = repr([dataset[index] for index in sorted({0, size // 2, size - 1})])
+    return [float(size), float(int(hashlib.sha256(rows.encode()).hexdigest()[:12], 16))]
 
 
 def assert_same_on_every_process(values: list[float], what: str, accelerator: Accelerator) -> None:

@@ -12,7 +12,6 @@ Epochs are numbered as the Trainer logs them: the first epoch is epoch 1.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import os
 import re
@@ -32,62 +31,34 @@ from transformers.utils import logging
 
 from .alignment import SHIFTED, alignment_from_structure, base_model, decide_alignment, model_class_name
 from .band import log_difficulty
+from .budget import EpochSizes, epoch_sizes
 from .cards import MODEL_TAGS, dataset_display_name, model_display_name, with_curriculum_section
 from .config import ZPDArguments, ZPDConfig
 from .curriculum import Curriculum
-from .fused import check_fused_support, fused_causal_lm_head
+from .fused import check_fused_support, fused_causal_lm_head, fused_head_setting
 from .hub import load_curriculum, push_curriculum
 from .indexing import INDEX_COLUMN, IndexKeepingCollator, with_index_column
-from .record import RECORD_NAME, CurriculumRecord, detect_id_column, read_example_ids
+from .monitor import TrainingMonitor
+from .record import RECORD_NAME, CurriculumRecord, class_labels, detect_id_column, read_example_ids
 from .reference import read_reference_scores
-from .sampler import ZPDSampler, samples_per_epoch, uniform_plan
+from .sampler import ZPDSampler, uniform_plan
 from .scoring import (
     ScoreTable,
     assert_same_on_every_process,
+    dataset_sketch,
+    example_lengths,
     length_grouped_batches,
     run_scoring_pass,
 )
 from .selection import EpochPlan
 from .state import TrainingState, last_complete_checkpoint
-from .statistics import ExampleStatistics, align_causal_labels, competence, per_example_statistics
+from .statistics import ExampleStatistics, align_causal_labels, per_example_statistics
+from .weighting import token_selector, weighted_loss
 
 logger = logging.get_logger(__name__)
 
-# Layout of the per-process accumulators filled by `compute_loss` during training.
-_WINDOW_FIELDS = ("loss_sum", "num_tokens", "confidence", "entropy", "competence", "num_examples", "num_nonfinite")
-# epoch_fraction=None: a budget under one pass over the training set is split into AUTO_EPOCHS epochs, so that the
-# curriculum composes all but the first within it; a run of one pass or more keeps whole-pass epochs (a one-epoch run
-# is then the plain Trainer's, and scores nothing).
-AUTO_EPOCHS = 4
 # The label alignment agreed by every process at the first training batch, as a number for a gather.
 _ALIGNMENT_CODES = {None: 0.0, SHIFTED: 1.0, "aligned": 2.0}
-
-
-def _dataset_sketch(dataset) -> list[float]:
-    """The size and a hash of three rows: enough to catch processes that built different training sets."""
-    size = len(dataset)
-    rows = repr([dataset[index] for index in sorted({0, size // 2, size - 1})])
-    return [float(size), float(int(hashlib.sha256(rows.encode()).hexdigest()[:12], 16))]
-
-
-def class_labels(dataset, label_names: list[str]) -> np.ndarray | None:
-    """Each example's class when every example carries one integer class label (classification), else `None`."""
-    names = [*label_names, "label", "labels", "label_ids"]
-    if isinstance(dataset, datasets.Dataset):
-        column = next((name for name in names if name in dataset.column_names), None)
-        if column is None:
-            return None
-        values = dataset.with_format(None)[column]
-    else:
-        first = dataset[0]
-        column = next((name for name in names if isinstance(first, Mapping) and name in first), None)
-        if column is None:
-            return None
-        values = [dataset[i][column] for i in range(len(dataset))]
-    values = [value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value for value in values]
-    if not all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in values):
-        return None  # sequences of labels (causal LM, token classification, seq2seq), or floats
-    return np.asarray(values, dtype=np.int64)
 
 
 class _CurriculumCallback(TrainerCallback):
@@ -104,7 +75,7 @@ class _CurriculumCallback(TrainerCallback):
         self.trainer._begin_epoch()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.trainer._end_optimizer_step()
+        self.trainer._zpd_monitor.end_step()
 
     def on_epoch_end(self, args, state, control, **kwargs):
         self.trainer._end_epoch()
@@ -170,9 +141,8 @@ class ZPDTrainerMixin:
         self._zpd_alignment: str | None = None
         self._zpd_curriculum_repo_id: str | None = None
         self._shuffle_seed = self._curriculum_seed
-        self._epoch_fraction = self.args.epoch_fraction if self.args.epoch_fraction is not None else 1.0
-        self._zpd_budget_steps: int | None = None
-        self._reset_training_accumulators()
+        self._zpd_sizes: EpochSizes | None = None
+        self._zpd_monitor = self._new_monitor()
         self.add_callback(_CurriculumCallback(self))
         if hasattr(self.model, "add_model_tags"):  # the Hub card's tags, as trl does
             self.model.add_model_tags(list(MODEL_TAGS))
@@ -200,77 +170,31 @@ class ZPDTrainerMixin:
             )
         check_fused_support(base_model(self.reference_model))
 
-    def _token_selector(self, inputs: Mapping[str, Any]):
-        """The row weights of Rho-1's selection for this batch: the reference's token losses (no gradient), then,
-        given the learner's, weight 1 / fraction for the top `fraction` by excess loss and 0 for the rest."""
-        fraction = self.args.token_selection_fraction
-        reference_losses = {}
-
-        def record(example_of_row, position_of_row, losses):
-            reference_losses["rows"] = losses
-            return torch.ones_like(losses)
-
-        with (
-            torch.no_grad(),
-            fused_causal_lm_head(base_model(self.reference_model), self.args.statistics_chunk_size) as capture,
-        ):
-            capture.row_selector = record
-            self.reference_model(**inputs)
-
-        def select(example_of_row, position_of_row, learner_losses):
-            excess = learner_losses - reference_losses["rows"].to(learner_losses.device)  # (n,)
-            keep = max(1, math.ceil(fraction * excess.numel())) if excess.numel() else 0
-            weights = torch.zeros_like(excess)
-            weights[torch.topk(excess, keep).indices] = 1.0 / fraction
-            return weights
-
-        return select
-
     supports_fused_head: bool = True
     """Whether this trainer can train through hf_zpd's fused causal-LM head (`fused_cross_entropy`)."""
 
     def _resolve_fused_head(self) -> bool:
-        """`fused_cross_entropy`: `True` and `False` as set; `None` (the default) turns it on where it is safe.
-
-        Safe means: a causal LM on fused.py's allowlist with a plain `lm_head` (no quantised or adapter layer, no logit
-        transform), the model's own loss function, no label smoothing or `compute_loss_func` (they read the full
-        logits), and no `torch_compile`, FSDP or DeepSpeed (which wrap or shard the head the fused path multiplies by).
-        Elsewhere the default is the standard path, with one log line that says why. `True` where it does not apply is
-        a `ValueError` naming the reason, before any step runs.
-        """
+        """`fused_cross_entropy`: as set, or with `None` on where it is safe (fused.py's `fused_head_setting`), with
+        one log line that says which path a causal LM takes and why."""
         choice = self.args.fused_cross_entropy
-        if choice is False or (choice is None and not self.supports_fused_head):
+        if choice is None and not self.supports_fused_head:
             return False
-        reason = None
-        if self.args.label_smoothing_factor > 0 or self.compute_loss_func is not None:
-            reason = (
-                "fused_cross_entropy computes the model's own cross-entropy without the full logits, but label "
-                "smoothing and compute_loss_func read those logits. Set fused_cross_entropy=False, or drop "
-                "label_smoothing_factor / compute_loss_func."
-            )
-        else:
-            try:  # peft's wrapper forwards to the transformers model inside it, whose lm_head the fused head replaces
-                check_fused_support(base_model(self.model))
-            except ValueError as error:
-                reason = str(error)
-        if choice is True:
-            if reason is not None:
-                raise ValueError(reason)
-            return True
-        wrapped = [name for name, on in (("torch_compile", self.args.torch_compile), ("FSDP", self.is_fsdp_enabled),
-                                         ("DeepSpeed", self.is_deepspeed_enabled)) if on]  # fmt: skip
-        if reason is None and wrapped:
-            reason = f"{wrapped[0]} wraps or shards the output layer; set fused_cross_entropy=True to try it anyway"
-        if reason is None:
+        wrappers = [name for name, on in (("torch_compile", self.args.torch_compile), ("FSDP", self.is_fsdp_enabled),
+                                          ("DeepSpeed", self.is_deepspeed_enabled)) if on]  # fmt: skip
+        # peft's wrapper forwards to the transformers model inside it, whose lm_head the fused head replaces.
+        use, reason = fused_head_setting(
+            base_model(self.model), choice, self.args.label_smoothing_factor > 0 or self.compute_loss_func is not None,
+            wrappers,
+        )  # fmt: skip
+        name = model_class_name(self.model)
+        if use and choice is None:
             logger.info(
-                f"ZPDTrainer: {model_class_name(self.model)} trains through the fused causal-LM head (loss, gradient "
-                "and statistics from the hidden states, no full logits); fused_cross_entropy=False gives the "
-                "standard path."
+                f"ZPDTrainer: {name} trains through the fused causal-LM head (loss, gradient and statistics from the "
+                "hidden states, no full logits); fused_cross_entropy=False gives the standard path."
             )
-            return True
-        if "ForCausalLM" in model_class_name(self.model) or "LMHead" in model_class_name(self.model):
-            logger.info(f"ZPDTrainer: the standard path (full logits) for {model_class_name(self.model)}: {reason}")
-        return False
+        elif reason is not None and choice is None and ("ForCausalLM" in name or "LMHead" in name):
+            logger.info(f"ZPDTrainer: the standard path (full logits) for {name}: {reason}")
+        return use
 
     # ---- Data: the index column and the sampler ----
 
@@ -310,7 +234,16 @@ class ZPDTrainerMixin:
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
         dataset = self._indexed_train_dataset()  # refuses, first, a dataset that cannot be scored and drawn
-        self._epoch_fraction = self._resolve_epoch_fraction()
+        self._zpd_sizes = sizes = self._epoch_sizes()
+        if sizes.chosen:
+            logger.info(
+                f"ZPDTrainer: the budget of {sizes.budget} optimizer steps is under one pass over the "
+                f"{len(self.train_dataset)} training examples ({sizes.steps_per_pass} steps), so it trains as epochs "
+                f"of {math.ceil(sizes.num_samples / self.get_total_train_batch_size(self.args))} steps "
+                f"({sizes.num_samples} samples; epoch_fraction={sizes.epoch_fraction:.4g}, chosen because "
+                "epoch_fraction is None): the curriculum composes every epoch after the first within the budget. Set "
+                "epoch_fraction=1.0 for the Trainer's epochs."
+            )
         # Same as `Trainer.get_train_dataloader` (checked against transformers 5.24: private `_get_dataloader` and
         # `_train_batch_size`), on the training set with its index column added, and a collator that carries the
         # index through the user's.
@@ -352,59 +285,31 @@ class ZPDTrainerMixin:
         return self.args.data_seed if self.args.data_seed is not None else self.args.seed
 
     @property
-    def _num_samples(self) -> int:
-        """Every epoch's length: `epoch_fraction` of the set, less the draws pruning leaves out of each."""
-        return samples_per_epoch(len(self.train_dataset), self._epoch_fraction) - self._prune_draws
+    def _sizes(self) -> EpochSizes:
+        """Every epoch's length, the pruned draws and the scoring pool (budget.py), from the training set and the
+        budget; worked out when the training loader is built (before that, from the arguments as they are)."""
+        if self._zpd_sizes is None:
+            self._zpd_sizes = self._epoch_sizes()
+        return self._zpd_sizes
+
+    def _epoch_sizes(self) -> EpochSizes:
+        args = self.args
+        return epoch_sizes(
+            len(self.train_dataset), self._train_batch_size, args.world_size, args.gradient_accumulation_steps,
+            args.max_steps, args.num_train_epochs, args.epoch_fraction, args.prune_fraction, args.scoring_pool_size,
+        )  # fmt: skip
 
     @property
-    def _prune_draws(self) -> int:
-        """The draws a pruned epoch leaves out: `prune_fraction` of the mastered region, about half the epoch."""
-        unpruned = samples_per_epoch(len(self.train_dataset), self._epoch_fraction)
-        return min(int(math.floor(unpruned * self.args.prune_fraction / 2)), unpruned - 1)
-
-    def _resolve_epoch_fraction(self) -> float:
-        """`epoch_fraction`, or with `None` 1.0 for a run of one pass or more, else 4 epochs over the budget.
-
-        A budget of `num_train_epochs` under one pass becomes the same number of optimizer steps
-        (`set_initial_training_values`), since shorter epochs would otherwise shorten it.
-        """
-        args, size = self.args, len(self.train_dataset)
-        self._zpd_budget_steps = None
-        if args.epoch_fraction is not None:
-            return args.epoch_fraction
-        # The steps of one pass, as the Trainer counts them (transformers 5.24 `set_initial_training_values` over
-        # accelerate's sharded loader: batches per process, then per optimizer step).
-        batches = math.ceil(math.ceil(size / self._train_batch_size) / max(args.world_size, 1))
-        steps_per_pass = max(math.ceil(batches / args.gradient_accumulation_steps), 1)
-        budget = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_pass)
-        if budget >= steps_per_pass or budget < AUTO_EPOCHS:
-            return 1.0
-        epoch_steps = math.ceil(budget / AUTO_EPOCHS)
-        fraction = min(1.0, epoch_steps * self.get_total_train_batch_size(args) / size)
-        if args.max_steps <= 0:
-            self._zpd_budget_steps = budget
-        logger.info(
-            f"ZPDTrainer: the budget of {budget} optimizer steps is under one pass over the {size} training examples "
-            f"({steps_per_pass} steps), so it trains as epochs of {epoch_steps} steps "
-            f"(epoch_fraction={fraction:.4g}, chosen because epoch_fraction is None): the curriculum composes every "
-            "epoch after the first within the budget. Set epoch_fraction=1.0 for the Trainer's epochs."
-        )
-        return fraction
+    def _num_samples(self) -> int:
+        return self._sizes.num_samples
 
     def set_initial_training_values(self, args, dataloader):
         # Public Trainer method (transformers 5.24), called right after get_train_dataloader: with epochs shortened
-        # automatically, a `num_train_epochs` budget is kept as the steps it meant over whole passes.
-        if getattr(self, "_zpd_budget_steps", None):
+        # for a budget under one pass, a `num_train_epochs` budget is kept as the steps it meant over whole passes.
+        if self._sizes.budget_steps is not None:
             args = copy.copy(args)
-            args.max_steps = self._zpd_budget_steps
+            args.max_steps = self._sizes.budget_steps
         return super().set_initial_training_values(args, dataloader)
-
-    @property
-    def _scoring_pool_size(self) -> int | None:
-        """`scoring_pool_size`, or with `None` the whole set for whole-pass epochs and twice an epoch otherwise."""
-        if self.args.scoring_pool_size is not None or self._epoch_fraction >= 1.0:
-            return self.args.scoring_pool_size
-        return min(len(self.train_dataset), 2 * self._num_samples)
 
     @property
     def curriculum(self) -> CurriculumRecord | None:
@@ -440,7 +345,7 @@ class ZPDTrainerMixin:
         loss, outputs, stats = self._loss_and_statistics(
             model, inputs, labels, return_outputs, num_items_in_batch, weights
         )
-        self._record_training_statistics(stats)
+        self._zpd_monitor.record(stats)
         if self._zpd_curriculum is not None:
             self._zpd_curriculum.observe(index, self.state.global_step, stats)
         return (loss, outputs) if return_outputs else loss
@@ -453,7 +358,12 @@ class ZPDTrainerMixin:
             # backward runs later, on the gradients the fused function computed); `outputs.logits` are hidden states.
             selector = None
             if self.args.token_selection_fraction is not None:
-                selector = self._token_selector({**inputs, self.label_names[0]: labels})
+                selector = token_selector(
+                    self.reference_model,
+                    {**inputs, self.label_names[0]: labels},
+                    self.args.token_selection_fraction,
+                    self.args.statistics_chunk_size,
+                )
             with fused_causal_lm_head(base_model(model), chunk_size=self.args.statistics_chunk_size) as capture:
                 capture.example_weights, capture.row_selector = weights, selector
                 loss, outputs = super().compute_loss(
@@ -464,24 +374,8 @@ class ZPDTrainerMixin:
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         stats = self._statistics_from_outputs(model, outputs, labels, num_items_in_batch)
         if weights is not None:
-            loss = self._weighted_loss(model, loss, outputs, labels, weights)
+            loss = weighted_loss(loss, self._logits_of(model, outputs), labels, weights)
         return loss, outputs, stats
-
-    def _weighted_loss(self, model, loss, outputs, labels, weights) -> torch.Tensor:
-        """The Trainer's loss with each example's cross-entropy weighed: `(loss / sum_i CE_i) * sum_i w_i CE_i`, the
-        ratio (no gradient) carrying the Trainer's own normalisation (`num_items_in_batch`, processes)."""
-        logits = self._logits_of(model, outputs)
-        if logits.dim() != 2:
-            raise ValueError(
-                f"prune_fraction weighs each example's loss, which for {model_class_name(model)} (logits of shape "
-                f"{tuple(logits.shape)}) needs the fused causal-LM head, and it is off for this model. Use a "
-                "classifier, a causal LM that the fused head supports (fused_cross_entropy), or prune_fraction=0."
-            )
-        per_example = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")  # (B,)
-        total = per_example.detach().sum()
-        if total == 0:
-            return loss
-        return (loss.detach() / total) * (weights.to(per_example.dtype) * per_example).sum()
 
     def _labels_of(self, inputs: Mapping[str, Any]) -> torch.Tensor:
         if len(self.label_names) != 1:
@@ -590,88 +484,30 @@ class ZPDTrainerMixin:
         self._zpd_alignment = alignment
         logger.info(f"ZPDTrainer: {model_class_name(model)} logits are read {alignment} to the labels.")
 
-    def _reset_training_accumulators(self) -> None:
-        device = self.args.device
-        # Sums since the last log (for the zpd/train_* means) and for the current optimizer step (running PPL).
-        self._window = torch.zeros(len(_WINDOW_FIELDS), dtype=torch.float64, device=device)
-        self._step_totals = torch.zeros(2, dtype=torch.float64, device=device)
-        self._pending_steps: list[torch.Tensor] = []
-
-    @torch.no_grad()
-    def _record_training_statistics(self, stats: ExampleStatistics) -> None:
-        loss, confidence, entropy = stats.loss, stats.confidence, stats.entropy
-        has_targets = stats.num_tokens > 0
-        finite = torch.isfinite(loss) & torch.isfinite(confidence) & torch.isfinite(entropy)
-        example_competence = competence(
-            loss, confidence, entropy, stats.vocab_size, self.args.effective_competence_weights
+    def _new_monitor(self, running_loss: float | None = None) -> TrainingMonitor:
+        return TrainingMonitor(
+            self.args.device,
+            self.args.effective_competence_weights,
+            self.args.running_ppl_decay,
+            lambda tensor: self.accelerator.reduce(tensor, reduction="sum"),
+            running_loss,
         )
-        # Non-finite examples (NaN/inf logits) are left out of every sum, so they cannot poison the running PPL,
-        # and counted instead. Examples without supervised tokens carry no statistic at all.
-        zero = torch.zeros((), dtype=torch.float64, device=loss.device)
-        step = torch.stack([torch.where(finite, stats.loss_sum, zero).sum(), stats.num_tokens[finite].sum()])
-        window = torch.stack(
-            [
-                step[0],
-                step[1],
-                torch.where(finite, confidence, zero).sum(),
-                torch.where(finite, entropy, zero).sum(),
-                torch.where(finite, example_competence, zero).sum(),
-                finite.sum().double(),
-                (has_targets & ~finite).sum().double(),
-            ]
-        )
-        self._step_totals += step.to(self._step_totals.device)
-        self._window += window.to(self._window.device)
-
-    def _end_optimizer_step(self) -> None:
-        # Kept on device and folded into the moving average lazily (at log, save and epoch end), so the running
-        # perplexity costs no host sync and no collective per step.
-        self._pending_steps.append(self._step_totals.clone())
-        self._step_totals.zero_()
-
-    def _fold_running_loss(self) -> None:
-        """Folds the steps since the last fold into the moving average, from token sums over all processes."""
-        # Every process has run the same optimizer steps, so all of them take this branch together.
-        if not self._pending_steps:
-            return
-        steps = self.accelerator.reduce(torch.stack(self._pending_steps), reduction="sum").cpu().tolist()
-        self._pending_steps = []
-        decay = self.args.running_ppl_decay
-        for loss_sum, num_tokens in steps:
-            if num_tokens == 0:
-                continue
-            mean_loss = loss_sum / num_tokens
-            previous = self._zpd_state.running_loss
-            self._zpd_state.running_loss = (
-                mean_loss if previous is None else decay * previous + (1 - decay) * mean_loss
-            )
 
     def _running_ppl(self) -> float:
-        running_loss = self._zpd_state.running_loss if self._zpd_state is not None else None
-        return math.exp(running_loss) if running_loss is not None else math.nan
+        return self._zpd_monitor.running_ppl()
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         # Training logs (they carry "loss") get the running PPL and the means of the per-example statistics since
-        # the last log, averaged over all processes.
+        # the last log, averaged over all processes (monitor.py).
         if "loss" in logs and self._zpd_state is not None:
-            self._fold_running_loss()
-            window = self.accelerator.reduce(self._window.clone(), reduction="sum").cpu().tolist()
-            self._window.zero_()
-            totals = dict(zip(_WINDOW_FIELDS, window, strict=True))
-            logs["zpd/running_ppl"] = self._running_ppl()
-            if totals["num_tokens"] > 0:
-                logs["zpd/train_loss"] = totals["loss_sum"] / totals["num_tokens"]
-            if totals["num_examples"] > 0:
-                for name in ("confidence", "entropy", "competence"):
-                    logs[f"zpd/train_{name}"] = totals[name] / totals["num_examples"]
-            logs["zpd/train_nonfinite"] = totals["num_nonfinite"]
+            logs.update(self._zpd_monitor.log_entries())
         super().log(logs, *args, **kwargs)
 
     # ---- The curriculum at epoch boundaries ----
 
     def _begin_curriculum(self, train_dataloader) -> None:
         dataset_size = len(self.train_dataset)
-        self._reset_training_accumulators()
+        self._zpd_monitor = self._new_monitor()
         self._check_model_supported(self.model_wrapped)
         labels = class_labels(self.train_dataset, self.label_names) if self.args.class_balance else None
         record = CurriculumRecord(settings=self._record_settings())
@@ -681,7 +517,7 @@ class ZPDTrainerMixin:
             record.id_column = column
             record.example_ids = read_example_ids(self.train_dataset, column)
         record.labels = labels
-        assert_same_on_every_process(_dataset_sketch(self.train_dataset), "training set", self.accelerator)
+        assert_same_on_every_process(dataset_sketch(self.train_dataset), "training set", self.accelerator)
         # The epoch to resume in, by the Trainer's own formula (`_init_training_state`), and the samples of the whole
         # run (for annealing), from the steps the Trainer will take.
         num_batches = len(train_dataloader)
@@ -704,8 +540,8 @@ class ZPDTrainerMixin:
             seed=self._curriculum_seed,
             shuffle_seed=self._shuffle_seed,
             labels=labels,
-            scoring_pool_size=self._scoring_pool_size,
-            prune_draws=self._prune_draws,
+            scoring_pool_size=self._sizes.scoring_pool_size,
+            prune_draws=self._sizes.prune_draws,
             reference=reference,
             score_pool=self._score_pool,
             merge=lambda scores: scores.merge(self.accelerator),
@@ -757,6 +593,7 @@ class ZPDTrainerMixin:
                 "data and hf_zpd version, or start a new run (a new output_dir)."
             )
         self._zpd_state = state
+        self._zpd_monitor.running_loss = state.running_loss
         self._zpd_curriculum.restore(record, state.training_pass_scores)
 
     def _begin_replay(self, last_epoch: int) -> None:
@@ -776,7 +613,7 @@ class ZPDTrainerMixin:
         self._zpd_sampler.set_epoch(self._zpd_epoch - 1)  # the sampler takes the Trainer's 0-based loop index
 
     def _end_epoch(self) -> None:
-        self._fold_running_loss()
+        self._zpd_monitor.fold()
         epoch = self._zpd_epoch
         self._zpd_epoch += 1
         more_to_train = epoch + 1 <= self.state.num_train_epochs and self.state.global_step < self.state.max_steps
@@ -792,18 +629,10 @@ class ZPDTrainerMixin:
 
     def _lengths_of(self, dataset) -> np.ndarray | None:
         """Each example's length, from `length_column_name` or the first model input; `None` if unknown."""
-        if not isinstance(dataset, datasets.Dataset):
-            return None
         names = [self.args.length_column_name]
         if self.processing_class is not None and getattr(self.processing_class, "model_input_names", None):
             names.append(self.processing_class.model_input_names[0])
-        names.append("input_ids")
-        for name in names:
-            if name in dataset.column_names:
-                column = dataset.with_format(None)[name]
-                lengths = column if name == self.args.length_column_name else [len(row) for row in column]
-                return np.asarray(lengths, dtype=np.int64)
-        return None
+        return example_lengths(dataset, [*names, "input_ids"], self.args.length_column_name)
 
     def _forward_statistics(self, model, inputs: dict[str, Any]) -> ExampleStatistics:
         inputs = self._prepare_inputs(inputs)  # private Trainer method (transformers 5.24): device placement
@@ -938,7 +767,8 @@ class ZPDTrainerMixin:
         # through, the just-in-time path included (which skips `on_save`). The curriculum (record and state) goes in
         # first and atomically, so a checkpoint folder with model weights always has the curriculum that matches them.
         if self._zpd_state is not None:
-            self._fold_running_loss()
+            self._zpd_monitor.fold()
+            self._zpd_state.running_loss = self._zpd_monitor.running_loss
             # Collective: the training passes' statistics that a later draw needs, merged over the processes.
             self._zpd_state.training_pass_scores = self._zpd_curriculum.training_pass_state()
             self._zpd_state.reference = self._zpd_curriculum.reference
@@ -963,7 +793,7 @@ class ZPDTrainerMixin:
         return {
             "dataset_size": len(dataset),
             "num_samples_per_epoch": self._num_samples,
-            "epoch_fraction": self._epoch_fraction,
+            "epoch_fraction": self._sizes.epoch_fraction,
             "seed": self._curriculum_seed,
             "shuffle_seed": self._shuffle_seed,
             "composition": args.composition,
@@ -981,7 +811,7 @@ class ZPDTrainerMixin:
             "min_zone_fraction": args.min_zone_fraction,
             "global_batch_size": self.get_total_train_batch_size(args),
             "rescore_every": args.rescore_every,
-            "scoring_pool_size": self._scoring_pool_size,
+            "scoring_pool_size": self._sizes.scoring_pool_size,
             "prune_fraction": args.prune_fraction,
             "token_selection_fraction": args.token_selection_fraction,
             "out_of_reach": args.out_of_reach,

@@ -395,7 +395,7 @@ def test_fused_path_with_lora_equals_the_standard_path(tokenizer, tmp_path):
         torch.manual_seed(3)
         loss = trainer.training_step(trainer.model, dict(batch), None)
         grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-        outcomes[fused] = loss, grads, trainer._step_totals.clone()
+        outcomes[fused] = loss, grads, trainer._zpd_monitor.step_totals.clone()
     (loss, grads, totals), (fused_loss, fused_grads, fused_totals) = outcomes[False], outcomes[True]
     torch.testing.assert_close(fused_loss, loss, rtol=1e-5, atol=1e-6)
     for name in grads:

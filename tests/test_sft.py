@@ -85,7 +85,7 @@ def test_statistics_follow_trls_loss_mask(mask, chat_tokenizer, tmp_path):
     _, ours = trainer_pair(chat_tokenizer, tmp_path, dataset, **overrides)
     ours._zpd_alignment = "shifted"
     recorded = []
-    ours._record_training_statistics = recorded.append
+    ours._zpd_monitor.record = recorded.append
     ours.model.eval()  # no dropout: the reference forward below sees the same logits
     ours.model.training = True  # compute_loss records statistics only in training
     batch = ours.data_collator([ours.train_dataset[i] for i in range(6)])

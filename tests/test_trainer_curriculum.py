@@ -441,7 +441,13 @@ def test_every_logged_metric_is_documented_and_every_documented_one_is_logged(to
     trainer = gpt2_trainer(tokenizer, config(tmp_path, num_train_epochs=3, min_zone_fraction=0.3))
     trainer.train()
     logged = {key for entry in trainer.state.log_history for key in entry if key.startswith("zpd/")}
-    assert logged == documented_metrics()
+    # The keys of the optional rules: the high-loss rule's bound, and pruning.
+    optional = gpt2_trainer(tokenizer, config(tmp_path, "optional", out_of_reach="high_loss", prune_fraction=0.5,
+                                              anneal_fraction=0.0))  # fmt: skip
+    optional.train()
+    extra = {key for entry in optional.state.log_history for key in entry if key.startswith("zpd/")} - logged
+    assert extra == {"zpd/num_out_of_reach_capped", "zpd/num_pruned", "zpd/prune_rate", "zpd/prune_overflow"}
+    assert logged | extra == documented_metrics()
     for entry in trainer.state.log_history:
         if "loss" in entry:
             assert math.isfinite(entry["zpd/running_ppl"]) and entry["zpd/running_ppl"] > 1
@@ -742,9 +748,9 @@ def test_training_batch_with_nonfinite_logits_does_not_poison_running_ppl(tokeni
     trainer.model.train()
     trainer.compute_loss(trainer.model, dict(batch))
     handle.remove()
-    window = dict(zip(("loss_sum", "num_tokens"), trainer._window[:2].tolist(), strict=True))
-    assert trainer._window[6].item() == 2  # two non-finite examples counted
-    assert trainer._window[5].item() == 4  # four finite ones averaged
+    window = dict(zip(("loss_sum", "num_tokens"), trainer._zpd_monitor.window[:2].tolist(), strict=True))
+    assert trainer._zpd_monitor.window[6].item() == 2  # two non-finite examples counted
+    assert trainer._zpd_monitor.window[5].item() == 4  # four finite ones averaged
     assert math.isfinite(window["loss_sum"]) and window["num_tokens"] == 4
 
 

@@ -84,8 +84,8 @@ def test_loss_and_gradients_equal_plain_trainer(path, name, accumulation, smooth
     for key in plain_gradients:
         assert same(plain_gradients[key], zpd_gradients[key]), key
     # The statistics were recorded along the way, from real supervised tokens.
-    assert zpd._window[1].item() > 0
-    assert zpd._step_totals[1].item() > 0
+    assert zpd._zpd_monitor.window[1].item() > 0
+    assert zpd._zpd_monitor.step_totals[1].item() > 0
 
 
 def reference_statistics(logits, labels):
@@ -111,7 +111,7 @@ def test_training_statistics_match_reference(name, tokenizer, tmp_path):
     trainer = ZPDTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     batch = collator([dataset[i] for i in range(5)])
     recorded = []
-    trainer._record_training_statistics = recorded.append
+    trainer._zpd_monitor.record = recorded.append
     model.training = True  # compute_loss records only in training; dropout modules stay in eval
     trainer.compute_loss(model, dict(batch))
     model.training = False
@@ -149,7 +149,7 @@ def test_fused_path_equals_plain_trainer(name, accumulation, tokenizer, tmp_path
     assert plain_gradients.keys() == fused_gradients.keys()
     for key in plain_gradients:
         torch.testing.assert_close(fused_gradients[key], plain_gradients[key], rtol=1e-4, atol=1e-6, msg=key)
-    assert fused._step_totals[1].item() > 0  # the fused statistics fed the running PPL
+    assert fused._zpd_monitor.step_totals[1].item() > 0  # the fused statistics fed the running PPL
     assert fused.model.lm_head.__class__.__name__ == "Linear", "the real lm_head is back after every step"
 
 
@@ -160,7 +160,7 @@ def test_fused_path_statistics_match_reference(tokenizer, tmp_path):
     trainer = ZPDTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     batch = collator([dataset[i] for i in range(5)])
     recorded = []
-    trainer._record_training_statistics = recorded.append
+    trainer._zpd_monitor.record = recorded.append
     model.training = True  # compute_loss takes the fused path only in training; dropout modules stay in eval
     trainer.compute_loss(model, dict(batch))
     model.training = False
