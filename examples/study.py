@@ -23,7 +23,8 @@ task the uniform Trainer on the whole pool for `limit_epochs` epochs; for a nois
 examples with their clean labels (the tweets every annotator agreed on, for `tweets_annotator`). `uniform_x2` is the
 uniform Trainer with twice the budget, so that a curriculum's compute can be compared with uniform's at equal
 compute. A ZPD arm is named by the settings it changes from the package's defaults, joined by `-`: `zpd` alone is
-the defaults; `zpd-highloss` sets `out_of_reach="high_loss"`, `zpd-guard` the learnability guard, `zpd-none` no
+the pilot's base settings (`PILOT_BASE`: the package's defaults when the pilot ran, spelled out so that an arm keeps
+its meaning when the defaults change); `zpd-highloss` sets `out_of_reach="high_loss"`, `zpd-guard` the learnability guard, `zpd-none` no
 out-of-reach rule, `zpd-rising` `pacing="rising"`, `zpd-easy` `composition="easy_first"`, `zpd-k1` / `zpd-k3`
 `zone_repeats`, `zpd-loss` `difficulty_mode="loss"`, `zpd-whole` whole-pass epochs (`epoch_fraction=1.0`). `random-...`
 is the random control of the same settings: the same composition, with the scores permuted across each class, so
@@ -143,6 +144,10 @@ FEATURES = {
     "whole": {"epoch_fraction": 1.0},
     "noanneal": {"anneal_fraction": 0.0},
 }
+# A `zpd` arm's settings before its features change them: the package's defaults when the regimes' pilot ran.
+PILOT_BASE = {"out_of_reach": "learnability_guard", "zone_repeats": 2, "pacing": "fixed",
+              "composition": "zone_and_fill", "difficulty_mode": "composite", "epoch_fraction": None,
+              "anneal_fraction": 0.125}  # fmt: skip
 REDUCED_FRACTION = 0.6
 LITERAL = {"composition": "zone_only"}
 LEGACY_ARMS = {
@@ -196,7 +201,9 @@ def arm(name: str) -> Arm:
         raise ValueError(
             f"Unknown arm {name!r}: use uniform, uniform_x2, limit, or zpd/random with -{list(FEATURES)}."
         )
-    overrides = {key: value for f in features for key, value in FEATURES[f].items()}
+    # The studied settings are spelled out, so that an arm means the same whatever the package's defaults become.
+    overrides = dict(PILOT_BASE)
+    overrides.update({key: value for f in features for key, value in FEATURES[f].items()})
     return Arm(
         name, overrides=overrides, random_control=head == "random", description=", ".join(features) or "defaults"
     )

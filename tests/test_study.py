@@ -114,8 +114,9 @@ def test_the_regime_arms_on_a_tiny_budget_task(tmp_path, tokenizer):
 def test_arm_names_stand_for_their_settings():
     study = load("study")
     arm = study.arm("random-highloss-rising-k1")
-    assert arm.random_control and arm.overrides == {"out_of_reach": "high_loss", "pacing": "rising", "zone_repeats": 1}
-    assert study.arm("zpd").overrides == {} and not study.arm("zpd").random_control
+    expected = {**study.PILOT_BASE, "out_of_reach": "high_loss", "pacing": "rising", "zone_repeats": 1}
+    assert arm.random_control and arm.overrides == expected
+    assert study.arm("zpd").overrides == study.PILOT_BASE and not study.arm("zpd").random_control
     assert study.arm("pilot_no_guard_loss").overrides == {"difficulty_mode": "loss", "out_of_reach": "none"}
     with pytest.raises(ValueError, match="Unknown arm"):
         study.arm("zpd-sideways")
