@@ -15,6 +15,8 @@ from collections import defaultdict
 
 import numpy as np
 from matplotlib.figure import Figure
+from study_report import arm_runs, lower_is_better, mean_std  # examples/study_report.py
+from study_report import metric_name as metric
 
 REGIME_TITLES = {
     "tweets_clean": "Guard rail: tweets, clean labels, every example seen 3 times (all-MiniLM-L6-v2, 640 train / 400 eval)",
@@ -31,21 +33,8 @@ REGIME_OF = {
 }  # fmt: skip
 
 
-def lower_is_better(task: str) -> bool:
-    return task.startswith("austen")
-
-
-def metric(task: str) -> str:
-    return "eval_ppl" if lower_is_better(task) else "eval_accuracy"
-
-
 def final(run: dict, task: str) -> float:
     return run["evaluations"][-1][metric(task)]
-
-
-def mean_std(values) -> tuple[float, float]:
-    values = np.asarray(values, dtype=float)
-    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
 
 
 def points(task: str, value: float) -> str:
@@ -74,14 +63,6 @@ def compute_of(run: dict, cost: float | None) -> float:
     return run["trained_examples"] + (cost or 0.0) * run.get("scored_examples", 0)
 
 
-def by_arm(runs: list[dict], rate: float) -> dict[str, list[dict]]:
-    arms = defaultdict(list)
-    for run in runs:
-        if run["learning_rate"] == rate:
-            arms[run["arm"]].append(run)
-    return {arm: sorted(found, key=lambda r: r["seed"]) for arm, found in arms.items()}
-
-
 def arm_order(arms) -> list[str]:
     fixed = [a for a in ("uniform", "uniform_x2", "limit") if a in arms]
     curricula = sorted(a for a in arms if a.startswith("zpd"))
@@ -108,7 +89,7 @@ def regime_report(task: str, runs: list[dict], tuned: float, default_arm: str) -
     """The task's section: the arms against uniform, the random control and the limit, with compute; the targets."""
     name = metric(task)
     regime = REGIME_OF[task]
-    arms = by_arm(runs, tuned)
+    arms = arm_runs(runs, tuned)
     cost = forward_cost([r for found in arms.values() for r in found])
     uniform_mean, uniform_std = mean_std([final(r, task) for r in arms.get("uniform", [])])
     limit = mean_std([final(r, task) for r in arms["limit"]]) if "limit" in arms else None
