@@ -27,7 +27,7 @@ ZPD_DEFAULTS = {
     "replay_fraction": 0.0,
     "prune_fraction": 0.0,
     "token_selection_fraction": None,
-    "epoch_fraction": None,
+    "epoch_fraction": 1.0,
     "scoring_pool_size": None,
     "rescore_every": 1,
     "score_before_training": False,
