@@ -143,6 +143,9 @@ FEATURES = {
     "loss": {"difficulty_mode": "loss"},
     "whole": {"epoch_fraction": 1.0},
     "noanneal": {"anneal_fraction": 0.0},
+    "reference": {"out_of_reach": "reference"},
+    "reducible": {"difficulty_mode": "reducible"},
+    "prune": {"prune_fraction": 0.5},
 }
 # A `zpd` arm's settings before its features change them: the package's defaults when the regimes' pilot ran.
 PILOT_BASE = {"out_of_reach": "learnability_guard", "zone_repeats": 2, "pacing": "fixed",
@@ -233,6 +236,19 @@ def classification_rows(task: Task, seed: int, options) -> dict:
     else:
         eval_rows, clean_rows = rest[:eval_size], train_rows
         wrong = np.zeros(len(train_rows), dtype=bool)
+    # A reference model's training set (RHO-LOSS's holdout): as many other rows, none in train or eval, labelled
+    # as the training set is (the same noise, another draw).
+    reference_rows = (
+        rest[len(rest) - train_size :] if task.regime == "annotator" else rest[eval_size : eval_size + train_size]
+    )
+    reference_labels = np.array([row[1] for row in reference_rows])
+    if task.noise:
+        reference_rng = np.random.default_rng([seed, 21])
+        flipped = np.zeros(len(reference_labels), dtype=bool)
+        flipped[reference_rng.choice(len(flipped), size=round(task.noise * len(flipped)), replace=False)] = True
+        reference_labels[flipped] = (
+            reference_labels[flipped] + reference_rng.integers(1, len(names), size=flipped.sum())
+        ) % len(names)
     labels = np.array([row[1] for row in train_rows])
     if task.noise:
         rng = np.random.default_rng([seed, 20])
@@ -244,6 +260,7 @@ def classification_rows(task: Task, seed: int, options) -> dict:
         "train": ([row[0] for row in train_rows], labels),
         "eval": ([row[0] for row in eval_rows], np.array([row[1] for row in eval_rows])),
         "clean": ([row[0] for row in clean_rows], np.array([row[1] for row in clean_rows])),
+        "reference": ([row[0] for row in reference_rows], reference_labels),
         "wrong": wrong,
     }
 
@@ -281,8 +298,9 @@ def parse_bible(text: str) -> list[tuple[str, int, float]]:
     return verses
 
 
-def classification_task(task: Task, seed: int, options, clean: bool = False):
-    """The model, tokenizer, tokenised train and eval sets, training labels, and which are wrong."""
+def classification_task(task: Task, seed: int, options, clean: bool = False, split: str = "train"):
+    """The model, tokenizer, tokenised train and eval sets, training labels, and which are wrong (`split`
+    "reference": the reference model's training set in place of the training set)."""
     import datasets
 
     from hf_zpd.data import default_model_path, load_model_and_tokenizer
@@ -298,8 +316,8 @@ def classification_task(task: Task, seed: int, options, clean: bool = False):
         return data.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True,
                         remove_columns="text")  # fmt: skip
 
-    texts, labels = rows["clean"] if clean else rows["train"]
-    wrong = np.zeros(len(labels), dtype=bool) if clean else rows["wrong"]
+    texts, labels = rows["clean"] if clean else rows[split]
+    wrong = np.zeros(len(labels), dtype=bool) if clean or split != "train" else rows["wrong"]
     return model, tokenizer, encode(texts, labels), encode(*rows["eval"]), labels, wrong
 
 
@@ -405,6 +423,52 @@ def random_control_trainer():
     return RandomControlTrainer
 
 
+# ---- the reference model ----
+
+
+def reference_scores(task: Task, seed: int, learning_rate: float, options) -> tuple[str, dict]:
+    """The scores of a reference model on the training set, for the arms that read one: a plain Trainer trained on the
+    task's reference split (other rows, labelled as the training set is) with the tuned rate and the task's epochs,
+    then `score_dataset` on the training set, as `hf-zpd score` writes it. Cached per task and seed; returns the
+    file and what it cost (counted in full in every arm that uses it)."""
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+    from transformers.trainer_callback import PrinterCallback
+
+    from hf_zpd import ZPDConfig, ZPDTrainer
+
+    folder = os.path.join(options.output_dir, task.name, "reference")
+    path, cost_path = os.path.join(folder, f"seed{seed}.parquet"), os.path.join(folder, f"seed{seed}.json")
+    if os.path.isfile(path) and os.path.isfile(cost_path):
+        return path, json.load(open(cost_path))
+    set_seed(seed)
+    model, tokenizer, reference_train, _, _, _ = classification_task(task, seed, options, split="reference")
+    collator = DataCollatorWithPadding(tokenizer)
+    batch_size = options.batch_size or task.batch_size
+    epochs = options.epochs or task.epochs
+    args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="hf_zpd_reference_"), learning_rate=learning_rate,
+                             per_device_train_batch_size=batch_size, num_train_epochs=epochs, warmup_steps=0.1,
+                             save_strategy="no", report_to="none", seed=seed, use_cpu=True, disable_tqdm=True,
+                             dataloader_pin_memory=False)  # fmt: skip
+    trainer = Trainer(model=model, args=args, train_dataset=reference_train, data_collator=collator)
+    trainer.remove_callback(PrinterCallback)
+    started = time.perf_counter()
+    output = trainer.train()
+    train_seconds = time.perf_counter() - started
+    _, _, train, _, _, _ = classification_task(task, seed, options)
+    scorer = ZPDTrainer(model=trainer.model, args=ZPDConfig(output_dir=args.output_dir, report_to="none", use_cpu=True,
+                                                            per_device_eval_batch_size=64), data_collator=collator)  # fmt: skip
+    started = time.perf_counter()
+    scores = scorer.score_dataset(train)
+    scoring_seconds = time.perf_counter() - started
+    os.makedirs(folder, exist_ok=True)
+    scores.to_parquet(path)
+    cost = {"trained_examples": output.global_step * batch_size, "scored_examples": len(train),
+            "train_seconds": train_seconds, "scoring_seconds": scoring_seconds}  # fmt: skip
+    with open(cost_path, "w") as handle:
+        json.dump(cost, handle)
+    return path, cost
+
+
 # ---- one run ----
 
 
@@ -459,10 +523,13 @@ def run_one(task: Task, arm: Arm, seed: int, learning_rate: float, options) -> d
         if arm.plain and arm.fraction < 1:
             values["max_steps"] = total_steps = math.ceil(arm.fraction * total_steps)
     values["eval_steps"] = options.eval_steps or max(1, round(total_steps / task.evaluations))
+    reference = None
     if arm.plain:
         args, trainer_class = TrainingArguments(**values), Trainer
     else:
         overrides = dict(arm.overrides)
+        if overrides.get("out_of_reach") == "reference" or overrides.get("difficulty_mode") == "reducible":
+            overrides["reference_scores"], reference = reference_scores(task, seed, learning_rate, options)
         if arm.fraction < 1:
             overrides["epoch_fraction"] = arm.fraction
         args = ZPDConfig(**values, **overrides)
@@ -518,6 +585,8 @@ def run_one(task: Task, arm: Arm, seed: int, learning_rate: float, options) -> d
         "scored_examples": 0,
         "scoring_seconds": 0.0,
     }
+    if reference is not None:  # its compute counts in full
+        result["reference"] = reference
     if not arm.plain:
         record = trainer.curriculum
         result["settings"] = {k: v for k, v in record.settings.items() if not isinstance(v, (list, dict))}

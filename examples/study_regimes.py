@@ -59,8 +59,11 @@ def forward_cost(runs: list[dict]) -> float | None:
 
 
 def compute_of(run: dict, cost: float | None) -> float:
-    """Training-example equivalents: examples backpropagated, plus scored examples at `cost` each."""
-    return run["trained_examples"] + (cost or 0.0) * run.get("scored_examples", 0)
+    """Training-example equivalents: examples backpropagated, plus scored examples at `cost` each; a reference
+    model's training and scoring count in full."""
+    reference = run.get("reference", {})
+    trained = run["trained_examples"] + reference.get("trained_examples", 0)
+    return trained + (cost or 0.0) * (run.get("scored_examples", 0) + reference.get("scored_examples", 0))
 
 
 def arm_order(arms) -> list[str]:

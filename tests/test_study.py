@@ -3,6 +3,7 @@ report. The study's committed results in examples/results/study/ come from the s
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -134,3 +135,28 @@ def test_bible_book_groups_from_the_bible_programs_output():
     verses = study.parse_bible(text)
     assert [group for _, group, _ in verses] == [0, 1, 1, 2, 2, 3, 4, 4, 5, 5]
     assert verses[0][0] == "In the beginning God created the heaven and the earth."
+
+
+@pytest.mark.slow
+def test_a_reference_arm_trains_its_reference_once_and_counts_its_compute(tmp_path, tokenizer):
+    """`zpd-reference` reads the scores of a plain Trainer trained on other rows, labelled as the training set is
+    (the same noise), scored on the training set; the reference is trained once per seed and counted in full."""
+    study = load("study")
+    model_dir = tmp_path / "tiny-bert"
+    tiny_bert_classifier(len(tokenizer), num_labels=3).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    output_dir = tmp_path / "results"
+    common = ["--task", "tweets_noise40", "--model_name_or_path", str(model_dir), "--output_dir", str(output_dir),
+              "--seeds", "0", "--learning_rates", "1e-3", "--train_size", "48", "--eval_size", "16",
+              "--max_length", "16", "--batch_size", "8", "--num_threads", "1"]  # fmt: skip
+    assert study.main([*common, "--arms", "uniform", "zpd-reference", "zpd-reducible"]) == 0
+    runs = {r["arm"]: r for r in study.read_runs(str(output_dir / "tweets_noise40" / "runs.jsonl"))}
+    reference = output_dir / "tweets_noise40" / "reference" / "seed0.parquet"
+    assert reference.is_file() and runs["zpd-reference"]["reference"] == runs["zpd-reducible"]["reference"]
+    cost = runs["zpd-reference"]["reference"]
+    assert cost["trained_examples"] == 3 * 48 and cost["scored_examples"] == 48  # 3 epochs over 48 other rows
+    assert runs["zpd-reference"]["settings"]["out_of_reach"] == "reference"
+    assert runs["zpd-reducible"]["settings"]["difficulty_mode"] == "reducible"
+    options = argparse.Namespace(train_size=48, eval_size=16, kjv_dir=None)
+    rows = study.classification_rows(study.TASKS["tweets_noise40"], 0, options)
+    assert not set(rows["reference"][0]) & (set(rows["train"][0]) | set(rows["eval"][0]))  # other rows
