@@ -255,3 +255,27 @@ def curves(task: str, arms: dict[str, list[dict]], uniform_mean: float) -> Figur
     axes.grid(alpha=0.3)
     axes.legend(fontsize="x-small", ncols=2)
     return figure
+
+
+def summary_table(summaries: dict[str, dict]) -> list[str]:
+    """One row per task: the tuned uniform Trainer, the default (`zpd`) and its random control, the limit, and the
+    best other curriculum arm, each as mean ± std over its seeds (and the number of seeds)."""
+    lines = ["Every task at a glance (final metric, mean ± std (seeds); the gaps are the default's):", "",
+             "| task | uniform (tuned) | default `zpd` | vs uniform | random control | vs random | limit | best other arm |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+
+    def cell(entry):
+        return "—" if entry is None else f"{entry['mean']:.4f} ± {entry['std']:.4f} ({entry['seeds']})"
+
+    for task, summary in summaries.items():
+        uniform, ours, control = summary.get("uniform"), summary.get("zpd"), summary.get("random")
+        others = {arm: entry for arm, entry in summary.items() if arm.startswith("zpd-")}
+        best = max(others, key=lambda arm: gain(task, others[arm]["mean"], 0.0), default=None)
+        lines.append(
+            f"| {task} | {cell(uniform)} | {cell(ours)} | "
+            f"{points(task, gain(task, ours['mean'], uniform['mean'])) if ours and uniform else '—'} | {cell(control)} | "
+            f"{points(task, ours['vs_control']) if ours and ours['vs_control'] is not None else '—'} | "
+            f"{cell(summary.get('limit'))} | "
+            f"{'—' if best is None else f'`{best}` ' + cell(others[best])} |"
+        )
+    return lines + [""]

@@ -383,15 +383,16 @@ def write_report(output_dir: str) -> str:
     from hf_zpd.config import ZPDArguments
 
     default_mode = ZPDArguments().difficulty_mode
-    lines = ["# The study behind hf_zpd's default epoch composition", ""]
+    lines = ["# The study behind hf_zpd's defaults", ""]
     command = os.path.join(output_dir, "command.txt")
     if os.path.isfile(command):
         lines += ["Commands (from the repository root):", "", "```bash", open(command).read().strip(), "```", ""]
     lines += [__doc__.split("\n\n", 2)[2].strip(), ""]
     all_rows, summaries, sections = [], {}, []
-    from study_regimes import REGIME_TITLES, regime_report  # examples/study_regimes.py
+    import study_regimes  # examples/study_regimes.py
+    from study_regimes import REGIME_TITLES, regime_report
 
-    regime_sections = []
+    regime_sections, regime_summaries = [], {}
     for task in REGIME_TITLES:
         path = os.path.join(output_dir, task, "runs.jsonl")
         if not os.path.isfile(path):
@@ -400,7 +401,7 @@ def write_report(output_dir: str) -> str:
         if not any(run["arm"] == "uniform" for run in runs):
             continue
         _, tuned = sweep(runs, task)
-        task_lines, _, figure = regime_report(task, runs, tuned, "zpd")
+        task_lines, regime_summaries[task], figure = regime_report(task, runs, tuned, "zpd")
         atomic_write_bytes(os.path.join(output_dir, f"{task}.png"), png(figure))
         regime_sections += task_lines + [f"![{task}]({task}.png)", ""]
         for run in runs:
@@ -410,7 +411,13 @@ def write_report(output_dir: str) -> str:
                                  "epoch": round(point["epoch"], 4), metric_name(task): point[metric_name(task)],
                                  "train_seconds": round(point["train_seconds"], 2)})  # fmt: skip
     if regime_sections:
-        lines += ["# Where a curriculum can pay: the regimes", ""] + regime_sections
+        lines += [
+            "# Where a curriculum can pay: the regimes",
+            "",
+            study_regimes.__doc__.split("\n\n", 1)[1].strip(),
+            "",
+        ]
+        lines += study_regimes.summary_table(regime_summaries) + regime_sections
         lines += ["# The first study (hf_zpd 0.2's composition, 640 tweets, 3 epochs)", ""]
     for task in TASK_TITLES:
         path = os.path.join(output_dir, task, "runs.jsonl")
