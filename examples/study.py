@@ -22,7 +22,9 @@ the sweep seeds; the best mean is the tuned rate every other arm uses. `limit` i
 task the uniform Trainer on the whole pool for `limit_epochs` epochs; for a noise task the uniform Trainer on the same
 examples with their clean labels (the tweets every annotator agreed on, for `tweets_annotator`). `uniform_x2` is the
 uniform Trainer with twice the budget, so that a curriculum's compute can be compared with uniform's at equal
-compute. A ZPD arm is named by the settings it changes from the package's defaults, joined by `-`: `zpd` alone is
+compute. `uniform_pooled` is the uniform Trainer on the training set and the reference arms' reference split together
+(the rows a user would need for a reference model, labelled as the training set is), for the task's epochs: what the
+reference's extra data buys without a curriculum. A ZPD arm is named by the settings it changes from the package's defaults, joined by `-`: `zpd` alone is
 the pilot's base settings (`PILOT_BASE`: the package's defaults when the pilot ran, spelled out so that an arm keeps
 its meaning when the defaults change); `zpd-highloss` sets `out_of_reach="high_loss"`, `zpd-guard` the learnability guard, `zpd-none` no
 out-of-reach rule, `zpd-rising` `pacing="rising"`, `zpd-easy` `composition="easy_first"`, `zpd-k1` / `zpd-k3`
@@ -128,6 +130,7 @@ class Arm:
     fraction: float = 1.0
     budget_factor: float = 1.0  # plain arms of a budget task: this many times the budget
     limit: bool = False
+    pooled: bool = False  # plain arms: train on the training set and the reference split together
     description: str = ""
 
 
@@ -194,6 +197,10 @@ def arm(name: str) -> Arm:
         return Arm(name, plain=True, budget_factor=2.0, description="plain Trainer, twice the budget")
     if name == "limit":
         return Arm(name, plain=True, limit=True, description="the physical limit (plain Trainer)")
+    if name == "uniform_pooled":
+        return Arm(
+            name, plain=True, pooled=True, description="plain Trainer on the training set and the reference split"
+        )
     if name in LEGACY_ARMS:
         return LEGACY_ARMS[name]
     if name.startswith("pilot_"):
@@ -202,7 +209,8 @@ def arm(name: str) -> Arm:
     head, *features = name.split("-")
     if head not in ("zpd", "random") or any(f not in FEATURES for f in features):
         raise ValueError(
-            f"Unknown arm {name!r}: use uniform, uniform_x2, limit, or zpd/random with -{list(FEATURES)}."
+            f"Unknown arm {name!r}: use uniform, uniform_x2, uniform_pooled, limit, or zpd/random with "
+            f"-{list(FEATURES)}."
         )
     # The studied settings are spelled out, so that an arm means the same whatever the package's defaults become.
     overrides = dict(PILOT_BASE)
@@ -300,7 +308,7 @@ def parse_bible(text: str) -> list[tuple[str, int, float]]:
 
 def classification_task(task: Task, seed: int, options, clean: bool = False, split: str = "train"):
     """The model, tokenizer, tokenised train and eval sets, training labels, and which are wrong (`split`
-    "reference": the reference model's training set in place of the training set)."""
+    "reference": the reference model's training set in place of the training set; "pooled": both together)."""
     import datasets
 
     from hf_zpd.data import default_model_path, load_model_and_tokenizer
@@ -316,7 +324,13 @@ def classification_task(task: Task, seed: int, options, clean: bool = False, spl
         return data.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True,
                         remove_columns="text")  # fmt: skip
 
-    texts, labels = rows["clean"] if clean else rows[split]
+    if split == "pooled":  # what a user with the reference's rows could train on instead
+        texts, labels = (
+            rows["train"][0] + rows["reference"][0],
+            np.concatenate([rows["train"][1], rows["reference"][1]]),
+        )
+    else:
+        texts, labels = rows["clean"] if clean else rows[split]
     wrong = np.zeros(len(labels), dtype=bool) if clean or split != "train" else rows["wrong"]
     return model, tokenizer, encode(texts, labels), encode(*rows["eval"]), labels, wrong
 
@@ -492,7 +506,8 @@ def run_one(task: Task, arm: Arm, seed: int, learning_rate: float, options) -> d
         collator = data_collator_for("causal_lm", tokenizer)
     else:
         clean = arm.limit and task.regime in ("noise", "annotator")
-        model, tokenizer, train, evaluation, labels, wrong = classification_task(task, seed, options, clean=clean)
+        split = "pooled" if arm.pooled else "train"
+        model, tokenizer, train, evaluation, labels, wrong = classification_task(task, seed, options, clean, split)
         collator = DataCollatorWithPadding(tokenizer)
     values = dict(
         output_dir=tempfile.mkdtemp(prefix="hf_zpd_study_"),

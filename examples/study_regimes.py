@@ -194,7 +194,13 @@ def _share(value) -> str:
 
 def targets(task, regime, summary, default_arm, uniform_mean, uniform_std, limit, uniform_compute, doubled) -> list:
     """The issue's targets for this regime, checked against the numbers above: met or missed, with the margin."""
-    lines = [f"Targets (the default is `{default_arm}`):", ""]
+    name = f"`{default_arm}`, the defaults" + (
+        " with the budget mode on (`epoch_fraction=None`; hf_zpd's defaults leave "
+        "a budget under one pass to the plain Trainer, which is `uniform` here)"
+        if regime == "budget"
+        else ""
+    )
+    lines = [f"Targets ({name}):", ""]
     ours = summary.get(default_arm)
     if ours is None or "uniform" not in summary:
         return lines + [f"- no runs of `{default_arm}` and `uniform` to check against.", ""]
@@ -260,7 +266,8 @@ def curves(task: str, arms: dict[str, list[dict]], uniform_mean: float) -> Figur
 def summary_table(summaries: dict[str, dict]) -> list[str]:
     """One row per task: the tuned uniform Trainer, the default (`zpd`) and its random control, the limit, and the
     best other curriculum arm, each as mean ± std over its seeds (and the number of seeds)."""
-    lines = ["Every task at a glance (final metric, mean ± std (seeds); the gaps are the default's):", "",
+    lines = ["Every task at a glance (final metric, mean ± std (seeds); the gaps are `zpd`'s: the defaults, with the budget "
+             "mode on in the budget tasks):", "",
              "| task | uniform (tuned) | default `zpd` | vs uniform | random control | vs random | limit | best other arm |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
 
