@@ -129,6 +129,18 @@ class ZPDTrainerMixin:
             )
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
         self.reference_model = reference_model
+        unused = [name for name, unread in (
+            ("reference_model", reference_model is not None and args.token_selection_fraction is None),
+            ("reference_scores", args.reference_scores is not None),
+        ) if unread and not args.needs_reference]  # fmt: skip
+        if unused:
+            # A reference is given for a reason; leaving it unread without a word would be a silent no-op.
+            logger.warning(
+                f"{type(self).__name__}: {' and '.join(unused)} {'are' if len(unused) > 1 else 'is'} set, but nothing "
+                f"reads it with out_of_reach={args.out_of_reach!r} and difficulty_mode={args.difficulty_mode!r}. Set "
+                "out_of_reach='reference' to leave out the examples in the high mode of the reference's losses (likely "
+                "label errors), or difficulty_mode='reducible' to rank by the learner's loss minus the reference's."
+            )
         self.args: ZPDArguments
         self._zpd_curriculum: Curriculum | None = None
         self._zpd_state: TrainingState | None = None

@@ -5,6 +5,7 @@ checkpoints and published with the record."""
 from __future__ import annotations
 
 import io
+import logging
 import os
 
 import numpy as np
@@ -155,6 +156,21 @@ def test_settings_that_read_a_reference_without_one_are_refused(tokenizer, tmp_p
     for fields in ({"difficulty_mode": "reducible"}, {"out_of_reach": "reference"}):
         with pytest.raises(ValueError, match="reads a reference model's scores, and none was given"):
             ZPDTrainer(model=tiny_gpt2(len(tokenizer)), args=config(tmp_path, **fields))
+
+
+def test_a_reference_that_nothing_reads_is_named_in_a_warning(
+    reference_file, classification, tokenizer, tmp_path, caplog
+):
+    collator = DataCollatorWithPadding(tokenizer)
+    with caplog.at_level(logging.WARNING, logger="hf_zpd.trainer"):
+        ZPDTrainer(model=tiny_bert_classifier(len(tokenizer)), train_dataset=classification, data_collator=collator,
+                   args=config(tmp_path, reference_scores=reference_file))  # fmt: skip
+    assert "reference_scores is set, but nothing reads it" in caplog.text and "out_of_reach='reference'" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_zpd.trainer"):
+        ZPDTrainer(model=tiny_bert_classifier(len(tokenizer)), train_dataset=classification, data_collator=collator,
+                   args=config(tmp_path, reference_scores=reference_file, out_of_reach="reference"))  # fmt: skip
+    assert "nothing reads it" not in caplog.text
 
 
 def test_reference_scores_of_another_tokenizer_stop_before_any_step(tokenizer, tmp_path):
