@@ -140,7 +140,8 @@ def test_bible_book_groups_from_the_bible_programs_output():
 @pytest.mark.slow
 def test_a_reference_arm_trains_its_reference_once_and_counts_its_compute(tmp_path, tokenizer):
     """`zpd-reference` reads the scores of a plain Trainer trained on other rows, labelled as the training set is
-    (the same noise), scored on the training set; the reference is trained once per seed and counted in full."""
+    (the same noise), scored on the training set; the reference is trained once per seed and counted in full;
+    `uniform_pooled` trains the plain Trainer on both sets of rows."""
     study = load("study")
     model_dir = tmp_path / "tiny-bert"
     tiny_bert_classifier(len(tokenizer), num_labels=3).save_pretrained(model_dir)
@@ -149,7 +150,7 @@ def test_a_reference_arm_trains_its_reference_once_and_counts_its_compute(tmp_pa
     common = ["--task", "tweets_noise40", "--model_name_or_path", str(model_dir), "--output_dir", str(output_dir),
               "--seeds", "0", "--learning_rates", "1e-3", "--train_size", "48", "--eval_size", "16",
               "--max_length", "16", "--batch_size", "8", "--num_threads", "1"]  # fmt: skip
-    assert study.main([*common, "--arms", "uniform", "zpd-reference", "zpd-reducible"]) == 0
+    assert study.main([*common, "--arms", "uniform", "zpd-reference", "zpd-reducible", "uniform_pooled"]) == 0
     runs = {r["arm"]: r for r in study.read_runs(str(output_dir / "tweets_noise40" / "runs.jsonl"))}
     reference = output_dir / "tweets_noise40" / "reference" / "seed0.parquet"
     assert reference.is_file() and runs["zpd-reference"]["reference"] == runs["zpd-reducible"]["reference"]
@@ -157,6 +158,8 @@ def test_a_reference_arm_trains_its_reference_once_and_counts_its_compute(tmp_pa
     assert cost["trained_examples"] == 3 * 48 and cost["scored_examples"] == 48  # 3 epochs over 48 other rows
     assert runs["zpd-reference"]["settings"]["out_of_reach"] == "reference"
     assert runs["zpd-reducible"]["settings"]["difficulty_mode"] == "reducible"
+    # uniform_pooled: the plain Trainer on the training set and the reference's rows together, 3 epochs of 96 rows.
+    assert runs["uniform_pooled"]["steps"] == 3 * 96 // 8 and "settings" not in runs["uniform_pooled"]
     options = argparse.Namespace(train_size=48, eval_size=16, kjv_dir=None)
     rows = study.classification_rows(study.TASKS["tweets_noise40"], 0, options)
     assert not set(rows["reference"][0]) & (set(rows["train"][0]) | set(rows["eval"][0]))  # other rows
