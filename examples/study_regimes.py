@@ -67,7 +67,7 @@ def compute_of(run: dict, cost: float | None) -> float:
 
 
 def arm_order(arms) -> list[str]:
-    fixed = [a for a in ("uniform", "uniform_x2", "limit") if a in arms]
+    fixed = [a for a in ("uniform", "uniform_x2", "uniform_pooled", "limit") if a in arms]
     curricula = sorted(a for a in arms if a.startswith("zpd"))
     controls = sorted(a for a in arms if a.startswith("random"))
     return fixed + curricula + controls + sorted(set(arms) - set(fixed) - set(curricula) - set(controls))
@@ -231,6 +231,14 @@ def targets(task, regime, summary, default_arm, uniform_mean, uniform_std, limit
     else:
         lines.append(f"- never below the tuned uniform by more than its spread ({points(task, uniform_std)}): "
                      f"{'met' if delta >= -uniform_std else 'MISSED'} ({points(task, delta)}).")  # fmt: skip
+    reference, pooled = summary.get("zpd-reference"), summary.get("uniform_pooled")
+    if reference is not None and pooled is not None:
+        # The reference model needs as many labelled rows again; the uniform Trainer could train on them instead.
+        lines.append(f"- `zpd-reference` against the uniform Trainer on the training set and the reference's rows "
+                     f"together (`uniform_pooled`, the same labelled data without a curriculum): "
+                     f"{points(task, gain(task, reference['mean'], pooled['mean']))} (spread "
+                     f"{points(task, max(reference['std'], pooled['std']))}; compute {reference['compute']:.0f} against "
+                     f"{pooled['compute']:.0f}).")  # fmt: skip
     if regime in ("budget", "noise"):
         met = control is not None and control > spread
         lines.append(f"- the detector beats its own random control by more than the spread: {'met' if met else 'MISSED'} "
