@@ -10,7 +10,8 @@ the training set at train start.
 This module reads such a file and checks it against the training set before any training step: the same number of
 examples, the same ids (matched by id when both have an id column, else by position), the same labels, and, at the
 first training batch, the same number of supervised tokens per example (another tokenizer or other labels would
-change it). Pure numpy and pyarrow.
+change it). Pure numpy and pyarrow; `check_reference_settings` checks the settings that read a reference at
+construction.
 """
 
 from __future__ import annotations
@@ -19,11 +20,44 @@ import os
 
 import numpy as np
 import pyarrow.parquet as pq
+from transformers.utils import logging
 
 from .scoring import SCORE_COLUMNS, ScoreTable
 
+logger = logging.get_logger(__name__)
+
 INDEX_COLUMN_NAME = "zpd_example_index"
 _REQUIRED = (INDEX_COLUMN_NAME, "loss", "confidence", "entropy", "num_tokens")
+
+
+def check_reference_settings(args, reference_model, trainer_name: str) -> None:
+    """At construction: settings that read a reference without one are refused, and a reference that no setting
+    reads is named in a warning (it is given for a reason; leaving it unread without a word would be a silent no-op).
+
+    Args:
+        args (`ZPDArguments`): the trainer's arguments.
+        reference_model (`nn.Module`, *optional*): the trainer's `reference_model`.
+        trainer_name (`str`): the trainer's class name, for the messages.
+    """
+    if args.needs_reference and reference_model is None and args.reference_scores is None:
+        raise ValueError(
+            f"difficulty_mode={args.difficulty_mode!r} with out_of_reach={args.out_of_reach!r} reads a reference "
+            "model's scores, and none was given: pass reference_scores (a file of `hf-zpd score` run with the "
+            "reference model on this training set) or reference_model=... to the trainer."
+        )
+    if args.needs_reference:
+        return
+    # Token selection reads a reference model too, but not reference scores.
+    unread = [name for name, given in (("reference_model", reference_model is not None
+                                        and args.token_selection_fraction is None),
+                                       ("reference_scores", args.reference_scores is not None)) if given]  # fmt: skip
+    if unread:
+        logger.warning(
+            f"{trainer_name}: {' and '.join(unread)} {'are' if len(unread) > 1 else 'is'} set, but nothing reads it "
+            f"with out_of_reach={args.out_of_reach!r} and difficulty_mode={args.difficulty_mode!r}. Set "
+            "out_of_reach='reference' to leave out the examples in the high mode of the reference's losses (likely "
+            "label errors), or difficulty_mode='reducible' to rank by the learner's loss minus the reference's."
+        )
 
 
 def read_reference_scores(

@@ -40,7 +40,7 @@ from .hub import load_curriculum, push_curriculum
 from .indexing import INDEX_COLUMN, IndexKeepingCollator, with_index_column
 from .monitor import TrainingMonitor
 from .record import RECORD_NAME, CurriculumRecord, class_labels, detect_id_column, read_example_ids
-from .reference import read_reference_scores
+from .reference import check_reference_settings, read_reference_scores
 from .sampler import ZPDSampler, uniform_plan
 from .scoring import (
     ScoreTable,
@@ -121,26 +121,9 @@ class ZPDTrainerMixin:
                 "checkpoints and curricula. On a machine without GPUs pass --use_cpu (TrainingArguments.use_cpu=True) "
                 "so that the processes join one gloo process group."
             )
-        if args.needs_reference and reference_model is None and args.reference_scores is None:
-            raise ValueError(
-                f"difficulty_mode={args.difficulty_mode!r} with out_of_reach={args.out_of_reach!r} reads a reference "
-                "model's scores, and none was given: pass reference_scores (a file of `hf-zpd score` run with the "
-                "reference model on this training set) or reference_model=... to the trainer."
-            )
+        check_reference_settings(args, reference_model, type(self).__name__)
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
         self.reference_model = reference_model
-        unused = [name for name, unread in (
-            ("reference_model", reference_model is not None and args.token_selection_fraction is None),
-            ("reference_scores", args.reference_scores is not None),
-        ) if unread and not args.needs_reference]  # fmt: skip
-        if unused:
-            # A reference is given for a reason; leaving it unread without a word would be a silent no-op.
-            logger.warning(
-                f"{type(self).__name__}: {' and '.join(unused)} {'are' if len(unused) > 1 else 'is'} set, but nothing "
-                f"reads it with out_of_reach={args.out_of_reach!r} and difficulty_mode={args.difficulty_mode!r}. Set "
-                "out_of_reach='reference' to leave out the examples in the high mode of the reference's losses (likely "
-                "label errors), or difficulty_mode='reducible' to rank by the learner's loss minus the reference's."
-            )
         self.args: ZPDArguments
         self._zpd_curriculum: Curriculum | None = None
         self._zpd_state: TrainingState | None = None

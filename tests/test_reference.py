@@ -162,12 +162,12 @@ def test_a_reference_that_nothing_reads_is_named_in_a_warning(
     reference_file, classification, tokenizer, tmp_path, caplog
 ):
     collator = DataCollatorWithPadding(tokenizer)
-    with caplog.at_level(logging.WARNING, logger="hf_zpd.trainer"):
+    with caplog.at_level(logging.WARNING, logger="hf_zpd.reference"):
         ZPDTrainer(model=tiny_bert_classifier(len(tokenizer)), train_dataset=classification, data_collator=collator,
                    args=config(tmp_path, reference_scores=reference_file))  # fmt: skip
     assert "reference_scores is set, but nothing reads it" in caplog.text and "out_of_reach='reference'" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="hf_zpd.trainer"):
+    with caplog.at_level(logging.WARNING, logger="hf_zpd.reference"):
         ZPDTrainer(model=tiny_bert_classifier(len(tokenizer)), train_dataset=classification, data_collator=collator,
                    args=config(tmp_path, reference_scores=reference_file, out_of_reach="reference"))  # fmt: skip
     assert "nothing reads it" not in caplog.text
