@@ -24,11 +24,13 @@ examples with their clean labels (the tweets every annotator agreed on, for `twe
 uniform Trainer with twice the budget, so that a curriculum's compute can be compared with uniform's at equal
 compute. `uniform_pooled` is the uniform Trainer on the training set and the reference arms' reference split together
 (the rows a user would need for a reference model, labelled as the training set is), for the task's epochs: what the
-reference's extra data buys without a curriculum. A ZPD arm is named by the settings it changes from the package's defaults, joined by `-`: `zpd` alone is
-the pilot's base settings (`PILOT_BASE`: the package's defaults when the pilot ran, spelled out so that an arm keeps
-its meaning when the defaults change); `zpd-highloss` sets `out_of_reach="high_loss"`, `zpd-guard` the learnability guard, `zpd-none` no
-out-of-reach rule, `zpd-rising` `pacing="rising"`, `zpd-easy` `composition="easy_first"`, `zpd-k1` / `zpd-k3`
-`zone_repeats`, `zpd-loss` `difficulty_mode="loss"`, `zpd-whole` whole-pass epochs (`epoch_fraction=1.0`). `random-...`
+reference's extra data buys without a curriculum. A ZPD arm is named by the settings it changes from the package's
+defaults, joined by `-`: `zpd` alone is the pilot's base settings (`PILOT_BASE`: the package's defaults when the
+pilot ran, spelled out so that an arm keeps its meaning when the defaults change); `zpd-highloss` sets
+`out_of_reach="high_loss"`, `zpd-guard` the learnability guard, `zpd-none` no out-of-reach rule, `zpd-rising`
+`pacing="rising"`, `zpd-easy` `composition="easy_first"`, `zpd-k1` / `zpd-k3` `zone_repeats`, `zpd-loss`
+`difficulty_mode="loss"`, `zpd-whole` whole-pass epochs (`epoch_fraction=1.0`), `zpd-reference`
+`out_of_reach="reference"`, `zpd-reducible` `difficulty_mode="reducible"`, `zpd-prune` `prune_fraction=0.5`. `random-...`
 is the random control of the same settings: the same composition, with the scores permuted across each class, so
 that only which examples get the draws is random. The arms of the first study (`literal_*`, `zpd_loss`,
 `zpd_composite`, `random_*`, `*_60`, `pilot_*`) are kept by name.
@@ -250,19 +252,10 @@ def classification_rows(task: Task, seed: int, options) -> dict:
         rest[len(rest) - train_size :] if task.regime == "annotator" else rest[eval_size : eval_size + train_size]
     )
     reference_labels = np.array([row[1] for row in reference_rows])
-    if task.noise:
-        reference_rng = np.random.default_rng([seed, 21])
-        flipped = np.zeros(len(reference_labels), dtype=bool)
-        flipped[reference_rng.choice(len(flipped), size=round(task.noise * len(flipped)), replace=False)] = True
-        reference_labels[flipped] = (
-            reference_labels[flipped] + reference_rng.integers(1, len(names), size=flipped.sum())
-        ) % len(names)
     labels = np.array([row[1] for row in train_rows])
     if task.noise:
-        rng = np.random.default_rng([seed, 20])
-        wrong[rng.choice(len(labels), size=round(task.noise * len(labels)), replace=False)] = True
-        # Each flipped label becomes one of the other classes, uniformly.
-        labels[wrong] = (labels[wrong] + rng.integers(1, len(names), size=wrong.sum())) % len(names)
+        flip_labels(reference_labels, task.noise, len(names), np.random.default_rng([seed, 21]))
+        wrong |= flip_labels(labels, task.noise, len(names), np.random.default_rng([seed, 20]))
     return {
         "names": names,
         "train": ([row[0] for row in train_rows], labels),
@@ -271,6 +264,14 @@ def classification_rows(task: Task, seed: int, options) -> dict:
         "reference": ([row[0] for row in reference_rows], reference_labels),
         "wrong": wrong,
     }
+
+
+def flip_labels(labels: np.ndarray, share: float, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Flips `share` of `labels` in place, each to one of the other classes uniformly; returns which it flipped."""
+    flipped = np.zeros(len(labels), dtype=bool)
+    flipped[rng.choice(len(labels), size=round(share * len(labels)), replace=False)] = True
+    labels[flipped] = (labels[flipped] + rng.integers(1, num_classes, size=flipped.sum())) % num_classes
+    return flipped
 
 
 # Which of six book groups a verse comes from (the books in canonical order, as `bible` prints them).
@@ -440,11 +441,11 @@ def random_control_trainer():
 # ---- the reference model ----
 
 
-def reference_scores(task: Task, seed: int, learning_rate: float, options) -> tuple[str, dict]:
-    """The scores of a reference model on the training set, for the arms that read one: a plain Trainer trained on the
-    task's reference split (other rows, labelled as the training set is) with the tuned rate and the task's epochs,
-    then `score_dataset` on the training set, as `hf-zpd score` writes it. Cached per task and seed; returns the
-    file and what it cost (counted in full in every arm that uses it)."""
+def reference_scores(task: Task, seed: int, learning_rate: float, options, train) -> tuple[str, dict]:
+    """The scores of a reference model on the training set `train` (tokenised), for the arms that read one: a plain
+    Trainer trained on the task's reference split (other rows, labelled as the training set is) with the tuned rate and
+    the task's epochs, then `score_dataset` on the training set, as `hf-zpd score` writes it. Cached per task and
+    seed; returns the file and what it cost (counted in full in every arm that uses it)."""
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback
 
@@ -468,7 +469,6 @@ def reference_scores(task: Task, seed: int, learning_rate: float, options) -> tu
     started = time.perf_counter()
     output = trainer.train()
     train_seconds = time.perf_counter() - started
-    _, _, train, _, _, _ = classification_task(task, seed, options)
     scorer = ZPDTrainer(model=trainer.model, args=ZPDConfig(output_dir=args.output_dir, report_to="none", use_cpu=True,
                                                             per_device_eval_batch_size=64), data_collator=collator)  # fmt: skip
     started = time.perf_counter()
@@ -544,7 +544,7 @@ def run_one(task: Task, arm: Arm, seed: int, learning_rate: float, options) -> d
     else:
         overrides = dict(arm.overrides)
         if overrides.get("out_of_reach") == "reference" or overrides.get("difficulty_mode") == "reducible":
-            overrides["reference_scores"], reference = reference_scores(task, seed, learning_rate, options)
+            overrides["reference_scores"], reference = reference_scores(task, seed, learning_rate, options, train)
         if arm.fraction < 1:
             overrides["epoch_fraction"] = arm.fraction
         args = ZPDConfig(**values, **overrides)

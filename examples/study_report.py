@@ -390,10 +390,9 @@ def write_report(output_dir: str) -> str:
     lines += [__doc__.split("\n\n", 2)[2].strip(), ""]
     all_rows, summaries, sections = [], {}, []
     import study_regimes  # examples/study_regimes.py
-    from study_regimes import REGIME_TITLES, regime_report
 
     regime_sections, regime_summaries = [], {}
-    for task in REGIME_TITLES:
+    for task in study_regimes.REGIME_TITLES:
         path = os.path.join(output_dir, task, "runs.jsonl")
         if not os.path.isfile(path):
             continue
@@ -401,7 +400,7 @@ def write_report(output_dir: str) -> str:
         if not any(run["arm"] == "uniform" for run in runs):
             continue
         _, tuned = sweep(runs, task)
-        task_lines, regime_summaries[task], figure = regime_report(task, runs, tuned, "zpd")
+        task_lines, regime_summaries[task], figure = study_regimes.regime_report(task, runs, tuned, "zpd")
         atomic_write_bytes(os.path.join(output_dir, f"{task}.png"), png(figure))
         regime_sections += task_lines + [f"![{task}]({task}.png)", ""]
         for run in runs:

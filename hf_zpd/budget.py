@@ -11,8 +11,9 @@ training:
 With `epoch_fraction=None` (the budget mode; the default is 1.0), a run of one pass or more keeps whole-pass epochs
 (so a one-epoch run is the plain Trainer's own), and a budget under one pass (`max_steps` below one epoch, or
 `num_train_epochs` under 1) is split into `AUTO_EPOCHS` epochs, so that the curriculum composes all but the first
-within it; a `num_train_epochs` budget is then kept as the optimizer steps it meant over whole passes. With `scoring_pool_size=None`, a scoring pass scores the
-whole set when epochs are whole passes, and twice an epoch's samples otherwise.
+within it; a `num_train_epochs` budget is then kept as the optimizer steps it meant over whole passes. With
+`scoring_pool_size=None`, a scoring pass scores the whole set when epochs are whole passes, and twice an epoch's
+samples otherwise.
 """
 
 from __future__ import annotations
