@@ -566,7 +566,6 @@ class ZPDTrainerMixin:
             )
         model = self.reference_model.to(self.args.device)
         table, seconds = self._run_scoring_pass(model, self._zpd_loader, np.arange(len(dataset), dtype=np.int64))
-        self._zpd_reference_seconds = seconds
         logger.info(f"ZPDTrainer: the reference model scored the {len(dataset)} training examples in {seconds:.1f} s.")
         return table
 
