@@ -16,6 +16,8 @@ Tasks (`--task`; `TASKS` below defines each), every one a real pretrained model 
 | `tweets_noise40` | heavy noise | MiniLM, 3-way | 1,600 tweets, 40% of the training labels flipped, 3 epochs | accuracy (eval labels as they come) |
 | `bible_noise40` | heavy noise | MiniLM, 6-way | 1,600 verses, 40% flipped, 3 epochs | accuracy |
 | `tweets_annotator` | real annotator noise | MiniLM, 3-way | 1,600 tweets as the corpus has them, 3 epochs; evaluated on tweets every annotator agreed on | accuracy |
+| `tweets_noise20`, `bible_noise20` | mild noise | MiniLM | 1,600 tweets / verses, 20% of the training labels flipped, 3 epochs | accuracy |
+| `bible_clean` | clean verses | MiniLM, 6-way | 1,600 verses, clean labels, 3 epochs | accuracy |
 
 Arms (`--arms`): `uniform` is the plain `transformers.Trainer`, whose learning rate is swept (`--learning_rates`) on
 the sweep seeds; the best mean is the tuned rate every other arm uses. `limit` is the physical limit: for a budget
@@ -30,7 +32,8 @@ pilot ran, spelled out so that an arm keeps its meaning when the defaults change
 `out_of_reach="high_loss"`, `zpd-guard` the learnability guard, `zpd-none` no out-of-reach rule, `zpd-rising`
 `pacing="rising"`, `zpd-easy` `composition="easy_first"`, `zpd-k1` / `zpd-k3` `zone_repeats`, `zpd-loss`
 `difficulty_mode="loss"`, `zpd-whole` whole-pass epochs (`epoch_fraction=1.0`), `zpd-reference`
-`out_of_reach="reference"`, `zpd-reducible` `difficulty_mode="reducible"`, `zpd-prune` `prune_fraction=0.5`. `random-...`
+`out_of_reach="reference"`, `zpd-reducible` `difficulty_mode="reducible"`, `zpd-prune` `prune_fraction=0.5`, `zpd-audit`
+`exclude_label_errors=True` (hf_zpd 0.4's default: the label audit's list is out of reach). `random-...`
 is the random control of the same settings: the same composition, with the scores permuted across each class, so
 that only which examples get the draws is random. The arms of the first study (`literal_*`, `zpd_loss`,
 `zpd_composite`, `random_*`, `*_60`, `pilot_*`) are kept by name.
@@ -59,6 +62,7 @@ import argparse
 import gzip
 import hashlib
 import importlib.util
+import io
 import json
 import math
 import os
@@ -117,6 +121,10 @@ TASKS = {
         Task("tweets_noise40", "tweets", "noise", 1600, 800, noise=0.4),
         Task("bible_noise40", "bible", "noise", 1600, 800, noise=0.4, learning_rates=(2e-4, 4e-4, 8e-4)),
         Task("tweets_annotator", "tweets", "annotator", 1600, 800),
+        # hf_zpd 0.4's no-harm and label-audit study: 20% flipped labels, and clean verses (0%), as the 40% tasks.
+        Task("tweets_noise20", "tweets", "noise", 1600, 800, noise=0.2),
+        Task("bible_noise20", "bible", "noise", 1600, 800, noise=0.2, learning_rates=(2e-4, 4e-4, 8e-4)),
+        Task("bible_clean", "bible", "clean", 1600, 800, learning_rates=(2e-4, 4e-4, 8e-4)),
     ]
 }  # fmt: skip
 
@@ -151,11 +159,12 @@ FEATURES = {
     "reference": {"out_of_reach": "reference"},
     "reducible": {"difficulty_mode": "reducible"},
     "prune": {"prune_fraction": 0.5},
+    "audit": {"exclude_label_errors": True},
 }
 # A `zpd` arm's settings before its features change them: the package's defaults when the regimes' pilot ran.
 PILOT_BASE = {"out_of_reach": "learnability_guard", "zone_repeats": 2, "pacing": "fixed",
               "composition": "zone_and_fill", "difficulty_mode": "composite", "epoch_fraction": None,
-              "anneal_fraction": 0.125}  # fmt: skip
+              "anneal_fraction": 0.125, "exclude_label_errors": False}  # fmt: skip
 REDUCED_FRACTION = 0.6
 LITERAL = {"composition": "zone_only"}
 LEGACY_ARMS = {
@@ -606,10 +615,32 @@ def run_one(task: Task, arm: Arm, seed: int, learning_rate: float, options) -> d
         record = trainer.curriculum
         result["settings"] = {k: v for k, v in record.settings.items() if not isinstance(v, (list, dict))}
         result["epochs"] = describe_epochs(record, labels, wrong)
+        if labels is not None and record.training_passes:
+            result["audit"] = save_audit_inputs(options, task, arm, seed, record, wrong)
         passes = [d.metrics for d in record.epochs.values() if "zpd/scoring_seconds" in d.metrics]
         result["scoring_seconds"] = sum(m["zpd/scoring_seconds"] for m in passes)
         result["scored_examples"] = int(sum(m.get("zpd/num_scored", 0) for m in passes if m.get("zpd/rescored", 1)))
     return result
+
+
+def save_audit_inputs(options, task: Task, arm: Arm, seed: int, record, wrong) -> str:
+    """The label audit's inputs of a run (the labels, which are wrong, and every epoch's training-pass losses and class
+    probabilities, float32) as `<output_dir>/<task>/audit/<arm>-seed<seed>.npz`, for `examples/label_audit.py`;
+    returns the path relative to the output folder."""
+    from hf_zpd._io import atomic_write_bytes
+
+    epochs = sorted(record.training_passes)
+    arrays = {"labels": record.labels, "wrong": wrong, "epochs": np.asarray(epochs)}
+    for epoch in epochs:
+        table, _ = record.training_passes[epoch]
+        arrays[f"loss_{epoch}"] = table.loss.astype(np.float32)
+        if table.probabilities is not None:
+            arrays[f"probabilities_{epoch}"] = table.probabilities.astype(np.float32)
+    relative = os.path.join(task.name, "audit", f"{arm.name}-seed{seed}.npz")
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(os.path.join(options.output_dir, relative), buffer.getvalue())
+    return relative
 
 
 def describe_epochs(record, labels, wrong) -> list[dict]:

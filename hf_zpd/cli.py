@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 import os
 import sys
@@ -422,36 +423,75 @@ def report_command(argv: list[str]) -> int:
 def label_errors_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="hf-zpd label-errors",
-        description="List the training examples a run found out of reach (likely label errors), or those the high-loss "
-        "rule finds in the scores of hf-zpd score, highest loss first.",
+        description="The label audit: every training example ranked by how likely its label is wrong (the run's "
+        "training passes, or the scores of hf-zpd score), with the class the model prefers and the audit's list.",
     )
     parser.add_argument(
         "source", help="A run's output_dir (or its zpd_curriculum.parquet), or a file of hf-zpd score."
     )
-    parser.add_argument("--output", default=None, help="A CSV file to write the whole list to.")
+    parser.add_argument(
+        "--output", default=None, help="A CSV file to write the whole ranking to (the list is its `listed` rows)."
+    )
     parser.add_argument("--dataset", default=None, help="The training data (as for hf-zpd train), to show its text.")
     parser.add_argument("--text_column", default="text", help="The dataset's text column (default: text).")
     parser.add_argument(
         "--seed", type=int, default=TRAIN_DEFAULTS["seed"], help="The run's seed (its held-out split)."
     )
-    parser.add_argument("--top", type=int, default=20, help="How many rows to print.")
+    parser.add_argument(
+        "--method",
+        default="training_passes",
+        choices=["training_passes", "confident_learning", "first_epoch"],
+        help="For a run: the mean of the training passes (default), cleanlab on them (pip install cleanlab), or the "
+        "first epoch's passes alone.",
+    )
+    parser.add_argument("--top", type=int, default=20, help="How many listed rows to print.")
     args = parser.parse_args(argv)
     from ._io import atomic_write_bytes
     from .label_errors import likely_label_errors
 
-    dataset = None
+    dataset, names = None, None
     if args.dataset is not None:
         from .data import load_splits
 
-        dataset = load_splits(args.dataset, args.seed)["train"]
-    errors = likely_label_errors(args.source, dataset=dataset, text_column=args.text_column if dataset else None)
-    print(f"{len(errors)} likely label errors in {args.source}" + (":" if len(errors) else "."))
-    if len(errors):
-        print(errors.head(args.top).to_string(index=False, max_colwidth=80))
+        splits = load_splits(args.dataset, args.seed)
+        dataset = splits["train"]
+        feature = getattr(dataset, "features", {}).get("label")
+        names = list(getattr(feature, "names", None) or []) or None
+    elif os.path.isdir(args.source) or args.source.endswith(".parquet"):
+        names = _run_label_names(args.source)
+    ranking = likely_label_errors(
+        args.source,
+        dataset=dataset,
+        text_column=args.text_column if dataset else None,
+        method=args.method,
+        label_names=names,
+    )
+    listed = ranking[ranking["listed"]]
+    print(
+        f"{len(listed)} of {len(ranking)} examples are on the label audit's list in {args.source} (ranked most likely "
+        "mislabelled first; `predicted` is the class the model prefers)" + (":" if len(listed) else ".")
+    )
+    if len(listed):
+        shown = listed.drop(columns=["why", "listed"]).head(args.top)
+        print(shown.to_string(index=False, max_colwidth=80, float_format=lambda value: f"{value:.4f}"))
+        if len(listed) > args.top:
+            print(f"... {len(listed) - args.top} more listed (--top N shows more; --output FILE.csv writes them all).")
     if args.output is not None:
-        atomic_write_bytes(args.output, errors.to_csv(index=False).encode())
-        print(f"Wrote {args.output}")
+        atomic_write_bytes(args.output, ranking.to_csv(index=False).encode())
+        print(f"Wrote the whole ranking ({len(ranking)} rows, `listed` marks the list) to {args.output}")
     return 0
+
+
+def _run_label_names(source: str) -> list[str] | None:
+    """The class names of a run folder's model (its config's id2label), when it has them."""
+    folder = source if os.path.isdir(source) else os.path.dirname(source)
+    try:
+        with open(os.path.join(folder, "config.json")) as handle:
+            id2label = json.load(handle).get("id2label") or {}
+    except (OSError, ValueError):
+        return None
+    names = [id2label.get(str(i)) for i in range(len(id2label))]
+    return names if names and all(isinstance(name, str) for name in names) else None
 
 
 def model_label(model_path: str) -> str:

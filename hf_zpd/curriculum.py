@@ -10,6 +10,7 @@ the training passes' statistics, and calls the pure epoch composition (selection
     epoch end         curriculum.end_epoch(e)     plans epoch e + 1, when one will train
     the sampler       curriculum.plan_for(e)      what epoch e draws
     checkpoints       curriculum.record, curriculum.training_pass_state()
+    train end         curriculum.finish()         keeps the training passes of an epoch the run ended inside
 
 What needs the model or the other processes comes in as functions: `score_pool(indices)` runs the scoring pass over
 those training examples (collective), `merge(training_pass)` gathers the training passes' statistics of every
@@ -19,6 +20,11 @@ Scores are taken only where they can change a draw: a scoring pass runs when a l
 never after the last epoch, in a run that ends inside its uniform first epoch, or when a recorded curriculum is
 replayed. The learnability guard's first comparison needs a loss from before the first pass; it comes from the first
 epoch's own training passes, not from an extra pass before training (unless `score_before_training`).
+
+Every epoch's training passes (each example's statistics when the epoch drew it, before the step that trained on it,
+and a classifier's class probabilities) go into the record at the epoch's end, at no extra forward: they are the
+training-pass scores (`score_source="training_pass"`), the guard's first baseline, and the label audit's and the data
+map's input (label_errors.py, data_map.py).
 
 Epochs are numbered as the Trainer logs them: the first epoch is epoch 1. A scoring pass's boundary is the number of
 epochs trained before it.
@@ -34,6 +40,7 @@ import numpy as np
 from transformers.utils import logging
 
 from .band import band_around_level, log_difficulty
+from .label_errors import audit_from_probabilities
 from .record import CurriculumRecord, EpochDraw
 from .reference import check_reference_fits
 from .sampler import uniform_plan
@@ -115,9 +122,9 @@ class Curriculum:
         self._log = log
         self.replaying = False
         self._reference_checked = False
-        self.training_pass: TrainingPassScores | None = None
-        if self._collects_training_pass():
-            self.training_pass = TrainingPassScores(self.dataset_size)
+        self._warned_label_errors = False
+        self.epoch = 1  # the epoch being trained: its training passes are collected into `training_pass`
+        self.training_pass: TrainingPassScores | None = TrainingPassScores(self.dataset_size)
 
     @property
     def dataset_size(self) -> int:
@@ -127,15 +134,6 @@ class Curriculum:
     def first_zone_epoch(self) -> int:
         """The first epoch drawn around a zone: 1 with `score_before_training`, else 2."""
         return 1 if self.args.score_before_training else 2
-
-    def _collects_training_pass(self) -> bool:
-        """Whether the training passes' statistics can still change a draw: they are the scores with
-        `score_source="training_pass"`, and the guard's first baseline until the first scoring pass."""
-        if self.replaying:
-            return False
-        if self.args.score_source == "training_pass":
-            return True
-        return self.args.uses_learnability_guard and not self.record.history.tables
 
     # ---- what the sampler asks ----
 
@@ -176,13 +174,35 @@ class Curriculum:
 
     def begin_epoch(self, epoch: int, running_ppl: float | None = None) -> None:
         """Plans `epoch` when no earlier moment did (the first epoch, or a resume before its plan)."""
+        if self.epoch < epoch:  # resumed from a save on an earlier epoch's last step: that epoch's passes are whole
+            self._close_training_pass()
+        self.epoch = epoch
         if epoch not in self.record.epochs:
             self._plan_epoch(epoch, running_ppl)
 
     def end_epoch(self, epoch: int, more_to_train: bool, running_ppl: float | None = None) -> None:
-        """Plans epoch `epoch + 1` from scores taken now, if it will train."""
+        """Keeps the epoch's training passes in the record, then plans epoch `epoch + 1` from scores taken now, if it
+        will train. Collective."""
+        self.epoch = epoch
+        self._close_training_pass()
+        self.epoch = epoch + 1
         if more_to_train and epoch + 1 not in self.record.epochs:
             self._plan_epoch(epoch + 1, running_ppl)
+
+    def finish(self) -> None:
+        """At the end of training: keeps the training passes of an epoch the run ended inside (`max_steps`).
+        Collective."""
+        self._close_training_pass()
+
+    def _close_training_pass(self) -> None:
+        """Merges the current epoch's training passes over the processes into `record.training_passes` (collective)
+        and starts the next epoch's."""
+        if self.training_pass is None:
+            return
+        self._merge(self.training_pass)
+        if self.training_pass.num_scored() > 0:
+            self.record.training_passes[self.epoch] = (self.training_pass.table, self.training_pass.step)
+        self.training_pass = TrainingPassScores(self.dataset_size)
 
     def observe(self, index, step: int, stats: ExampleStatistics) -> None:
         """Keeps a training batch's per-example statistics, where a later draw can use them (no host sync)."""
@@ -195,23 +215,28 @@ class Curriculum:
         if self.training_pass is not None and index is not None:
             self.training_pass.add(index, step, stats)
 
-    def training_pass_state(self) -> tuple[ScoreTable, np.ndarray] | None:
-        """The training passes' statistics for a checkpoint (merged over processes: collective), or `None`."""
+    def training_pass_state(self) -> tuple[ScoreTable, np.ndarray, int] | None:
+        """The current epoch's training passes so far for a checkpoint (merged over processes: collective), with the
+        epoch; `None` when none are collected (a replay)."""
         if self.training_pass is None:
             return None
         self._merge(self.training_pass)
-        return self.training_pass.table, self.training_pass.step
+        return self.training_pass.table, self.training_pass.step, self.epoch
 
     # ---- resume and replay ----
 
-    def restore(self, record: CurriculumRecord, training_pass: tuple[ScoreTable, np.ndarray] | None) -> None:
-        """Continues from a checkpoint's record (draws, zones, scoring passes) and training-pass statistics."""
+    def restore(
+        self, record: CurriculumRecord, training_pass: tuple[ScoreTable, np.ndarray, int | None] | None
+    ) -> None:
+        """Continues from a checkpoint's record (draws, zones, scoring passes, finished epochs' training passes) and
+        the training passes of the epoch it was saved in."""
         self.record.epochs, self.record.history = record.epochs, record.history
-        self.training_pass = None
-        if self._collects_training_pass():
-            self.training_pass = TrainingPassScores(self.dataset_size)
-            if training_pass is not None:
-                self.training_pass.table, self.training_pass.step = training_pass
+        self.record.training_passes = record.training_passes
+        self.training_pass = TrainingPassScores(self.dataset_size)
+        if training_pass is not None:
+            self.training_pass.table, self.training_pass.step, epoch = training_pass
+            if epoch is not None:
+                self.epoch = epoch
 
     def replay(self, record: CurriculumRecord, epochs: list[int], resumed_from: str | None) -> None:
         """Draws every epoch as `record` drew it, with no scoring pass (`replay_curriculum`).
@@ -230,7 +255,7 @@ class Curriculum:
         self.record.history = record.history
         self.record.settings = dict(record.settings, replayed_from=self.args.replay_curriculum)
         self.replaying = True
-        self.training_pass = None
+        self.training_pass = None  # the replayed record is the run's record; nothing new is collected
         logger.info(f"Replaying the curriculum {record.source}: epochs {sorted(record.epochs)} draw as recorded.")
 
     # ---- planning ----
@@ -290,29 +315,47 @@ class Curriculum:
     def _scores_for_zone(self, boundary: int) -> tuple[ScoreTable, float, ScoreTable | None]:
         """The scores behind a zone, their seconds, and the guard's baseline when it comes from the training passes.
 
-        A scoring pass over the pool, or (`score_source="training_pass"`) the training passes' statistics since the
-        last zone laid over the latest scores. With the scoring-pass source, the first pass's guard baseline is the
+        A scoring pass over the pool, or (`score_source="training_pass"`) the training passes of the epochs trained
+        since the latest scores, laid over them. With the scoring-pass source, the first pass's guard baseline is the
         loss each example had when the training passes before it drew it.
         """
-        source = self.training_pass
         start = time.perf_counter()
-        if source is not None:
-            self._merge(source)
-        if self.args.score_source == "training_pass" and source is not None and source.num_scored() > 0:
-            latest = self.record.latest_scores
-            table = ScoreTable.empty(self.dataset_size) if latest is None else latest.copy()
-            fresh = ~np.isnan(source.step)
+        previous = self.record.history.latest(before=boundary + 1)
+        since = -1 if previous is None else previous[0]
+        passes = self.training_passes_between(since, boundary)
+        if self.args.score_source == "training_pass" and passes is not None:
+            table = ScoreTable.empty(self.dataset_size) if previous is None else previous[1].copy()
+            fresh = ~np.isnan(passes.num_tokens)
             for column in SCORE_COLUMNS:
-                getattr(table, column)[fresh] = getattr(source.table, column)[fresh]
-            table.vocab_size = source.table.vocab_size
-            source.clear()
+                getattr(table, column)[fresh] = getattr(passes, column)[fresh]
+            if passes.probabilities is not None:
+                if table.probabilities is None or table.probabilities.shape != passes.probabilities.shape:
+                    table.probabilities = np.full(passes.probabilities.shape, np.nan)
+                table.probabilities[fresh] = passes.probabilities[fresh]
+            table.vocab_size = passes.vocab_size
             return table, time.perf_counter() - start, None
         table, seconds = self._score_pool(self.pool_indices(boundary))
-        baseline = None
-        if source is not None and self.args.score_source == "scoring_pass":
-            baseline = source.table if source.num_scored() > 0 else None
-            self.training_pass = None  # the guard's later baselines are earlier scoring passes
+        baseline = passes if previous is None and self.args.score_source == "scoring_pass" else None
         return table, seconds, baseline
+
+    def training_passes_between(self, after: int, boundary: int) -> ScoreTable | None:
+        """The training passes of epochs `after + 1, ..., boundary` laid over each other (a later epoch's row wins),
+        or `None` when none of them drew anything."""
+        epochs = [epoch for epoch in range(after + 1, boundary + 1) if epoch in self.record.training_passes]
+        if not epochs:
+            return None
+        merged = ScoreTable.empty(self.dataset_size)
+        for epoch in epochs:
+            table, _ = self.record.training_passes[epoch]
+            drawn = ~np.isnan(table.num_tokens)
+            for column in SCORE_COLUMNS:
+                getattr(merged, column)[drawn] = getattr(table, column)[drawn]
+            if table.probabilities is not None:
+                if merged.probabilities is None:
+                    merged.probabilities = np.full(table.probabilities.shape, np.nan)
+                merged.probabilities[drawn] = table.probabilities[drawn]
+            merged.vocab_size = table.vocab_size
+        return merged
 
     def pool_indices(self, boundary: int) -> np.ndarray:
         """The training examples the pass at `boundary` scores: all, or `scoring_pool_size` of them, those not drawn
@@ -364,6 +407,9 @@ class Curriculum:
         if args.composition == "zone_and_fill":
             num_anneal = anneal_samples(epoch, self.num_samples, self.total_samples, args.anneal_fraction)
         out_of_reach, capped = self.out_of_reach(scored_at, table, guard_baseline)
+        listed = self.listed_label_errors(table, drawable)
+        if listed is not None:
+            out_of_reach = listed if out_of_reach is None else out_of_reach | listed
         plan = compose_epoch(
             args.composition_policy(self.global_batch_size, self.progress(epoch)),
             self.num_samples,
@@ -378,12 +424,46 @@ class Curriculum:
         )
         if args.out_of_reach in ("high_loss", "reference"):
             plan.metrics["zpd/num_out_of_reach_capped"] = float(capped)
+        if listed is not None:
+            self._note_label_errors(epoch, listed, plan)
         if plan.metrics["zpd/num_widened"]:
             logger.info(
                 f"Epoch {epoch}: the ZPD band held {int(plan.metrics['zpd/num_in_band'])} drawable examples, fewer "
                 f"than the minimum: widened by the {int(plan.metrics['zpd/num_widened'])} nearest (zpd/num_widened)."
             )
         return plan
+
+    def listed_label_errors(self, table: ScoreTable, drawable: np.ndarray) -> np.ndarray | None:
+        """The label audit's list at the scores behind a zone (`exclude_label_errors`): the drawable examples whose
+        predicted class is not their label; `None` where there is no audit (a language model, no class
+        probabilities, or the setting off)."""
+        labels = self.record.labels
+        if not self.args.exclude_label_errors or labels is None or table.probabilities is None:
+            return None
+        if self.args.composition == "zone_only":  # the seed's literal rule draws only the zone: nothing to move
+            return None
+        if self.args.out_of_reach in ("high_loss", "reference"):  # their own flags leave the epoch altogether
+            return None
+        audit = audit_from_probabilities(table.probabilities, labels)
+        return audit.listed & drawable
+
+    def _note_label_errors(self, epoch: int, listed: np.ndarray, plan: EpochPlan) -> None:
+        """The audit's metrics, and one log line the first time its list holds most of the band."""
+        in_band = np.zeros(listed.size, dtype=bool)
+        for group in plan.groups:  # every member inside its group's band, whatever the out-of-reach rules say
+            in_band[group.members[group.distance == 0.0]] = True
+        share = float((in_band & listed).sum() / in_band.sum()) if in_band.any() else 0.0
+        plan.metrics["zpd/num_label_errors"] = float(listed.sum())
+        plan.metrics["zpd/band_label_error_share"] = share
+        if share > 0.5 and not self._warned_label_errors:
+            self._warned_label_errors = True
+            logger.warning(
+                f"Epoch {epoch}: {share:.0%} of the examples in the ZPD band are on the label audit's list (the model "
+                "predicts another class than their label), so the zone is dominated by likely label errors. They are "
+                "not repeated: the zone keeps the rest, and the epoch is near the plain Trainer's draw "
+                f"({int(listed.sum())} examples listed in the pool). hf_zpd.likely_label_errors(trainer.curriculum) "
+                "ranks them for a person to check; exclude_label_errors=False repeats them."
+            )
 
     def out_of_reach(
         self, boundary: int, table: ScoreTable, baseline: ScoreTable | None = None

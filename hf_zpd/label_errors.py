@@ -1,71 +1,255 @@
-"""Likely label errors: the training examples a curriculum found out of reach, listed for a person to check.
+"""The label audit: every training example of a classifier ranked by how likely its label is wrong, from a run's record
+at no extra cost, or from a file of `hf-zpd score`.
 
-An example whose loss stays in the high mode of its class's loss mixture once the model has learnt the easy patterns
-is likely mislabelled (the small-loss criterion of Co-teaching and DivideMix; `out_of_reach="high_loss"`). The list
-comes from a run's record (the flags of its last composed epoch, and why) or from a file of `hf-zpd score` (the rule
-applied to its losses). Each row: the example's index, its id and text when known, its label, its loss, and why it
-was flagged.
+Every epoch's training passes measure each example when the epoch draws it, before the step that trains on it (the
+record's `train_*` columns), with the classifier's class probabilities. The audit averages them over the epochs that
+drew the example (p-bar_i), and
+
+    score_i   = 1 - p-bar_i(y_i)                       (the data map's confidence, turned around)
+    predicted = argmax_v p-bar_i(v)                    (the class the model prefers)
+    listed_i  = predicted_i != y_i                     (the list: the model prefers another class, on average)
+
+so the ranking is the one Dataset Cartography (Swayamdipta et al., EMNLP 2020) and the small-loss criterion
+(Co-teaching, Han et al., NeurIPS 2018) read: a label the model keeps disagreeing with while it learns the rest. Measured
+against flipped labels in hf_zpd's study (README, "The label audit"): next to cleanlab's `find_label_issues` on
+5-fold out-of-sample probabilities, at the cost of no training beyond the run itself.
+
+`method="confident_learning"` lists and ranks with cleanlab instead (`find_label_issues` on the same averaged
+probabilities, ranked by self-confidence); cleanlab is an optional dependency (`pip install cleanlab`).
+`method="first_epoch"` ranks by the first epoch's training passes alone (each example's loss before the model had
+trained on it: out of sample, but measured while the head was still learning).
+
+A file of `hf-zpd score` (one scoring pass of a trained model) is ranked by its loss; its list is the examples whose
+predicted class is not their label when the file has the class probabilities, else the high-loss mode of each class's
+loss mixture (`out_of_reach="high_loss"`'s rule).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
 from .record import RECORD_NAME, CurriculumRecord
 from .selection import high_loss_flags
 
-_WHY_BY_RULE = {
-    "learnability_guard": "trained on, but its loss did not fall between two measurements (learnability guard)",
-    "high_loss": "in the high-loss mode of its class's loss mixture (out_of_reach='high_loss')",
-    "reference": "in the high-loss mode of a reference model's losses (out_of_reach='reference')",
+AUDIT_METHODS = ("training_passes", "confident_learning", "first_epoch")
+SCORE_COMMAND = "hf-zpd score --model_name_or_path RUN_DIR --output scores.parquet"
+
+_WHY = {
+    "training_passes": "the class the model predicts, on average over the training passes, is not the label",
+    "confident_learning": "cleanlab's find_label_issues on the training passes' averaged class probabilities",
+    "first_epoch": "the class the model predicted in the first epoch's training pass is not the label",
+    "scores": "the scored model predicts another class than the label",
+    "high_loss": "in the high-loss mode of its class's loss mixture",
 }
 
 
-def likely_label_errors(source, dataset=None, text_column: str | None = None, max_fraction: float = 0.5):
-    """The likely label errors of a training set, highest loss first, as a `pandas.DataFrame`.
+@dataclass(frozen=True)
+class LabelAudit:
+    """Every example's audit, in dataset order.
 
     Args:
-        source (`CurriculumRecord`, `str` or `datasets.Dataset`): a run's record (or its folder or file), whose last
-            epoch's out-of-reach flags are listed (if the run flagged none, the high-loss rule is applied to its
-            latest scores); or the scores of `hf-zpd score` (a parquet path, or `ZPDTrainer.score_dataset`'s
-            dataset), to which the high-loss rule is applied, within each label.
+        score (`np.ndarray` of shape `(N,)`): how likely the label is wrong, higher first (NaN: never measured).
+        predicted (`np.ndarray` of int, shape `(N,)`): the class the model prefers (-1: unknown).
+        listed (`np.ndarray` of bool, shape `(N,)`): the audit's list.
+        labels (`np.ndarray` of int, shape `(N,)`): the given labels.
+        method (`str`): how it was made (one of `AUDIT_METHODS`, `"scores"` or `"high_loss"` for a score file).
+        epochs (`list[int]`): the epochs whose training passes it read (empty for a score file).
+    """
+
+    score: np.ndarray
+    predicted: np.ndarray
+    listed: np.ndarray
+    labels: np.ndarray
+    method: str
+    epochs: list[int]
+
+    @property
+    def why(self) -> str:
+        return _WHY[self.method]
+
+    def ranking(self) -> np.ndarray:
+        """The measured examples, most likely mislabelled first (ties: the lower index first)."""
+        measured = np.flatnonzero(np.isfinite(self.score))
+        return measured[np.lexsort((measured, -self.score[measured]))]
+
+
+def averaged_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """The mean of stacked class probabilities `(E, N, K)` over the passes that measured each example (NaN rows are
+    passes that did not draw it); NaN where none did."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    measured = np.isfinite(probabilities).all(axis=2, keepdims=True)  # (E, N, 1)
+    count = measured.sum(axis=0)  # (N, 1)
+    total = np.where(measured, probabilities, 0.0).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan)
+
+
+def audit_from_probabilities(
+    probabilities: np.ndarray, labels: np.ndarray, method: str = "training_passes", epochs: list[int] | None = None
+) -> LabelAudit:
+    """The audit of averaged class probabilities `(N, K)` and integer `labels` (see the module docstring).
+
+    With `method="confident_learning"`, cleanlab's `find_label_issues` lists and its self-confidence ranks (the same
+    order as `1 - p(y)`).
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    measured = np.isfinite(probabilities).all(axis=1) & (labels >= 0)
+    score = np.full(labels.size, np.nan)
+    rows = np.flatnonzero(measured)
+    score[rows] = 1.0 - probabilities[rows, labels[rows]]
+    predicted = np.full(labels.size, -1, dtype=np.int64)
+    predicted[rows] = probabilities[rows].argmax(axis=1)
+    listed = measured & (predicted != labels)
+    if method == "confident_learning":
+        filter_module = _cleanlab_filter()
+        listed = np.zeros(labels.size, dtype=bool)
+        if rows.size:
+            listed[rows] = filter_module.find_label_issues(labels[rows], probabilities[rows])
+    return LabelAudit(score, predicted, listed, labels, method, list(epochs or []))
+
+
+def audit_labels(record: CurriculumRecord, method: str = "training_passes") -> LabelAudit:
+    """The label audit of a run's record, from its training passes.
+
+    Args:
+        record ([`CurriculumRecord`]): a classifier's record (hf_zpd 0.4 or later records the training passes).
+        method (`str`, *optional*, defaults to `"training_passes"`): one of `AUDIT_METHODS`.
+
+    Raises:
+        `ValueError`: an unknown method; a record without integer class labels (a language model, or float labels);
+            or without training passes with class probabilities (a replayed run, a record of hf_zpd 0.3 or older, or
+            a classifier of more than 128 classes): the message names `hf-zpd score`, which scores a trained model.
+        `ImportError`: `method="confident_learning"` without cleanlab, with the install line.
+    """
+    if method not in AUDIT_METHODS:
+        raise ValueError(f"Unknown label audit method {method!r}: use one of {AUDIT_METHODS}.")
+    if record.labels is None or not (record.labels >= 0).any():
+        raise ValueError(
+            "The label audit needs a classifier's integer class labels, but this record has none: the run trained a "
+            "language model, or a dataset without a label column, or with float labels (regression, multi-label). "
+            "There is nothing to audit."
+        )
+    epochs = sorted(epoch for epoch, (table, _) in record.training_passes.items() if table.probabilities is not None)
+    if not epochs:
+        raise ValueError(
+            f"The record {record.source or ''} has no training passes with class probabilities to audit (a replayed "
+            "run, a record written before hf_zpd 0.4, or a classifier of more than 128 classes). Score the trained "
+            f"model instead: `{SCORE_COMMAND}`, then `hf-zpd label-errors scores.parquet`."
+        )
+    if method == "first_epoch":
+        epochs = epochs[:1]
+    stacked = np.stack([record.training_passes[epoch][0].probabilities for epoch in epochs])
+    return audit_from_probabilities(averaged_probabilities(stacked), record.labels, method, epochs)
+
+
+def audit_scores(scores) -> LabelAudit:
+    """The label audit of `hf-zpd score`'s output (a parquet path or `ZPDTrainer.score_dataset`'s dataset).
+
+    Raises:
+        `ValueError`: the file lacks `zpd_example_index` and `loss`, or has no integer `label` column.
+    """
+    import datasets
+
+    if isinstance(scores, (str, os.PathLike)):
+        scores = datasets.Dataset.from_parquet(os.fspath(scores))
+    columns = scores.column_names
+    if "loss" not in columns or "zpd_example_index" not in columns:
+        raise ValueError("The scores need the columns 'zpd_example_index' and 'loss' (the output of hf-zpd score).")
+    if "label" not in columns:
+        raise ValueError(
+            "The label audit needs each example's class, but the scores have no 'label' column: they were made on a "
+            "dataset without integer class labels (a language model, or float labels), so there is nothing to audit."
+        )
+    size = len(scores)
+    position = np.asarray(scores["zpd_example_index"], dtype=np.int64)
+    labels = np.full(size, -1, dtype=np.int64)
+    labels[position] = np.asarray(scores["label"], dtype=np.int64)
+    loss = np.full(size, np.nan)
+    loss[position] = np.asarray(scores["loss"], dtype=np.float64)
+    if "probabilities" in columns:
+        probabilities = np.full((size, len(scores[0]["probabilities"])), np.nan)
+        probabilities[position] = np.asarray(scores["probabilities"], dtype=np.float64)
+        audit = audit_from_probabilities(probabilities, labels)
+        return LabelAudit(audit.score, audit.predicted, audit.listed, labels, "scores", [])
+    listed, _ = high_loss_flags(loss, np.isfinite(loss), labels)
+    score = 1.0 - np.exp(-loss)  # 1 - p(y): the same order as the loss
+    return LabelAudit(score, np.full(size, -1, dtype=np.int64), listed, labels, "high_loss", [])
+
+
+def likely_label_errors(
+    source,
+    dataset=None,
+    text_column: str | None = None,
+    method: str = "training_passes",
+    listed_only: bool = False,
+    label_names: list[str] | None = None,
+):
+    """The label audit as a table: every measured training example, most likely mislabelled first.
+
+    Args:
+        source (`CurriculumRecord`, `str` or `datasets.Dataset`): a run's record (or its folder or file), or the
+            scores of `hf-zpd score` (a parquet path, or `ZPDTrainer.score_dataset`'s dataset).
         dataset (`datasets.Dataset` or map-style dataset, *optional*): the training set, for the text column.
         text_column (`str`, *optional*): the dataset's column to show beside each example.
-        max_fraction (`float`, *optional*, defaults to 0.5): the most of each class the high-loss rule may flag.
+        method (`str`, *optional*, defaults to `"training_passes"`): for a record, one of `AUDIT_METHODS`.
+        listed_only (`bool`, *optional*, defaults to `False`): only the audit's list, not the whole ranking.
+        label_names (`list[str]`, *optional*): class names, for the `label_name` and `predicted_name` columns.
 
     Returns:
-        `pandas.DataFrame` with the columns `index`, `example_id` (when known), `label` (when known), `loss`, `why`,
-        and `text_column` (when given).
+        `pandas.DataFrame` with the columns `rank` (1 = most likely mislabelled), `index`, `example_id` (when known),
+        `label`, `predicted` (the class the model prefers; -1 when unknown), `score` (higher: more likely wrong),
+        `listed` (on the audit's list), `why`, the names when given, and `text_column` (when given).
 
     Example:
 
     ```python
     >>> errors = likely_label_errors("runs/hf-zpd-train", dataset=raw_train, text_column="text")  # doctest: +SKIP
-    >>> errors.head()  # doctest: +SKIP
+    >>> errors[errors.listed].head()  # doctest: +SKIP
     ```
     """
     import pandas as pd
 
     record = _as_record(source)
+    ids = None
     if record is not None:
-        index, loss, labels, ids, why = _from_record(record, max_fraction)
+        audit, ids = audit_labels(record, method), record.example_ids
     else:
-        index, loss, labels, ids, why = _from_scores(source, max_fraction)
-    order = np.lexsort((index, -loss))
-    frame = {"index": index[order]}
+        audit = audit_scores(source)
+        ids = _score_ids(source)
+    order = audit.ranking()
+    if listed_only:
+        order = order[audit.listed[order]]
+    frame = {"rank": np.arange(1, order.size + 1), "index": order}
     if ids is not None:
-        frame["example_id"] = [ids[i] for i in index[order]]
-    if labels is not None:
-        frame["label"] = labels[index[order]]
-    frame["loss"] = loss[order]
-    frame["why"] = [why] * len(order) if isinstance(why, str) else [why[i] for i in order]
+        frame["example_id"] = [ids[i] for i in order]
+    frame["label"] = audit.labels[order]
+    frame["predicted"] = audit.predicted[order]
+    if label_names is not None:
+        frame["label_name"] = [label_names[i] for i in audit.labels[order]]
+        frame["predicted_name"] = [label_names[i] if i >= 0 else "" for i in audit.predicted[order]]
+    frame["score"] = audit.score[order]
+    frame["listed"] = audit.listed[order]
+    frame["why"] = np.where(audit.listed[order], audit.why, "")
     if dataset is not None and text_column is not None:
         if text_column not in (getattr(dataset, "column_names", None) or dataset[0]):
             raise ValueError(f"The dataset has no column {text_column!r} to show beside the examples.")
-        frame[text_column] = [dataset[int(i)][text_column] for i in index[order]]
+        frame[text_column] = [dataset[int(i)][text_column] for i in order]
     return pd.DataFrame(frame)
+
+
+def _cleanlab_filter():
+    try:
+        import cleanlab.filter
+    except ImportError as error:
+        raise ImportError(
+            "method='confident_learning' uses cleanlab, which is not installed: `pip install cleanlab` (hf_zpd is "
+            "tested with cleanlab 2.9)."
+        ) from error
+    return cleanlab.filter
 
 
 def _as_record(source) -> CurriculumRecord | None:
@@ -90,48 +274,13 @@ def _as_record(source) -> CurriculumRecord | None:
     return None
 
 
-def _from_record(record: CurriculumRecord, max_fraction: float):
-    flagged_epochs = [epoch for epoch, draw in sorted(record.epochs.items()) if draw.out_of_reach.size]
-    rule = record.settings.get(
-        "out_of_reach", "learnability_guard" if record.settings.get("learnability_guard") else "none"
-    )
-    if flagged_epochs:
-        draw = record.epochs[flagged_epochs[-1]]
-        table = record.scores_for(draw.epoch)
-        index = draw.out_of_reach.astype(np.int64)
-        why = f"{_WHY_BY_RULE.get(rule, rule)}, at the pass after epoch {draw.scored_at}"
-        return index, table.loss[index], record.labels, record.example_ids, why
-    latest = record.history.latest()
-    if latest is None:
-        raise ValueError("The record has no scoring pass: train for at least two epochs, or score with hf-zpd score.")
-    boundary, table = latest
-    drawable = table.finite() & (table.num_tokens > 0)
-    flags, _ = high_loss_flags(table.loss, drawable, record.labels, max_fraction)
-    index = np.flatnonzero(flags)
-    why = f"{_WHY_BY_RULE['high_loss']}, applied to the pass after epoch {boundary} (the run flagged none)"
-    return index, table.loss[index], record.labels, record.example_ids, why
-
-
-def _from_scores(source, max_fraction: float):
+def _score_ids(source) -> np.ndarray | None:
     import datasets
 
     scores = datasets.Dataset.from_parquet(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else source
-    columns = scores.column_names
-    if "loss" not in columns or "zpd_example_index" not in columns:
-        raise ValueError("The scores need the columns 'zpd_example_index' and 'loss' (the output of hf-zpd score).")
-    size = len(scores)
-    position = np.asarray(scores["zpd_example_index"], dtype=np.int64)
-    loss = np.full(size, np.nan)
-    loss[position] = np.asarray(scores["loss"], dtype=np.float64)
-    labels = None
-    if "label" in columns:
-        labels = np.full(size, -1, dtype=np.int64)
-        labels[position] = np.asarray(scores["label"], dtype=np.int64)
-    ids = None
-    id_columns = [c for c in ("id", "idx", "example_id", "guid") if c in columns]
-    if id_columns:
-        ids = np.empty(size, dtype=object)
-        ids[position] = scores[id_columns[0]]
-    flags, _ = high_loss_flags(loss, np.isfinite(loss), labels, max_fraction)
-    index = np.flatnonzero(flags)
-    return index, loss[index], labels, ids, _WHY_BY_RULE["high_loss"]
+    id_columns = [c for c in ("id", "idx", "example_id", "guid") if c in scores.column_names]
+    if not id_columns:
+        return None
+    ids = np.empty(len(scores), dtype=object)
+    ids[np.asarray(scores["zpd_example_index"], dtype=np.int64)] = scores[id_columns[0]]
+    return ids

@@ -16,7 +16,7 @@ was scored for the epoch or drawn in it):
 | `epoch` | int64 | the epoch the row belongs to (1 = the first) |
 | `index` | int64 | the example's position in the training set |
 | `example_id` | int64 or string | the example's id, from the dataset's id column (only when it has one) |
-| `label` | int64 | the example's class, when the epoch was class-balanced (null otherwise) |
+| `label` | int64 | the example's class (classification; null otherwise) |
 | `in_zone` | bool | in the zone the epoch was drawn around (after any widening) |
 | `in_band` | bool | inside its band before widening, and drawable: an in-band example the guard put out of reach is `False` here (and `True` in `out_of_reach`) |
 | `out_of_reach` | bool | out of reach by the run's `out_of_reach` rule (never in the zone) |
@@ -35,6 +35,9 @@ was scored for the epoch or drawn in it):
 | `ppl` | float64 | the pool's perplexity exp(mean loss), for the epoch |
 | `running_ppl` | float64 | the running training perplexity when the epoch was planned |
 | `reference_loss` | float64 | a reference model's loss on the example (only in the records of runs that used one) |
+| `train_loss`, `train_confidence`, `train_entropy` | float64 | the example's statistics in the epoch's training pass: when the epoch last drew it, before the optimizer step that trained on it (train mode); null where the epoch did not draw it |
+| `train_num_tokens`, `train_step` | int64 | that training pass's supervised positions and global step (null where none) |
+| `train_probabilities` | list of float64 | a classifier's class probabilities in that training pass (classifiers with at most 128 classes only) |
 
 Records of format 1 (hf_zpd 0.1: zones only, epochs counted from 0, the `selected` column) are read too, with their
 epochs renumbered from 1; they cannot be replayed, because that version drew its epochs by another rule.
@@ -86,6 +89,7 @@ _ROW_COLUMNS = (
     *_BAND_COLUMNS,
     *_EPOCH_COLUMNS,
 )
+_TRAINING_PASS_COLUMNS = ("train_loss", "train_confidence", "train_entropy", "train_num_tokens", "train_step")
 _REQUIRED_COLUMNS = ("epoch", "index", *_FLAGS, *_COUNTS, *_STATISTICS, "num_tokens", "scored_at")
 _LEGACY_REQUIRED_COLUMNS = ("epoch", "index", "selected", *_STATISTICS, "num_tokens", "scored_at")
 
@@ -164,6 +168,8 @@ class CurriculumRecord:
         format_version (`int`, *optional*, defaults to 2): the format it was read from.
         reference (`ScoreTable`, *optional*): a reference model's scores of the training set, when the run used one
             (its losses are the `reference_loss` column).
+        training_passes (`dict[int, tuple[ScoreTable, np.ndarray]]`): epoch -> the statistics its training passes
+            measured (each example's when the epoch last drew it) and the global step of each row (NaN: not drawn).
 
     Example:
 
@@ -186,6 +192,7 @@ class CurriculumRecord:
     source: str | None = None
     format_version: int = RECORD_FORMAT_VERSION
     reference: ScoreTable | None = None
+    training_passes: dict[int, tuple[ScoreTable, np.ndarray]] = field(default_factory=dict)
 
     @property
     def dataset_size(self) -> int:
@@ -231,7 +238,7 @@ class CurriculumRecord:
             zone[draw.zone] = True
         rows = np.flatnonzero(scored | zone | (draw.counts > 0))
         columns: dict[str, np.ndarray] = {"epoch": np.full(rows.size, epoch, dtype=np.int64), "index": rows}
-        labels = self.labels if self.labels is not None and draw.bands and -1 not in draw.bands else None
+        labels = self.labels
         columns["label"] = labels[rows].astype(np.float64) if labels is not None else np.full(rows.size, np.nan)
         columns["label"][columns["label"] < 0] = np.nan
         columns["in_zone"] = zone[rows]
@@ -264,13 +271,35 @@ class CurriculumRecord:
             columns[column] = np.full(rows.size, float(draw.metrics.get(key, math.nan)))
         if self.reference is not None:
             columns["reference_loss"] = self.reference.loss[rows]
+        if epoch in self.training_passes:
+            passes, steps = self.training_passes[epoch]
+            for name in (*_STATISTICS, "num_tokens"):
+                columns[f"train_{name}"] = getattr(passes, name)[rows]
+            columns["train_step"] = steps[rows]
+            if passes.probabilities is not None:
+                columns["train_probabilities"] = passes.probabilities[rows]
         return columns
 
     def to_arrow(self) -> pa.Table:
         """The record as a pyarrow table, with the settings and per-epoch metadata in its schema metadata."""
         parts = [self.epoch_rows(epoch) for epoch in sorted(self.epochs)]
         if parts:
-            columns = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+            shared = [name for name in parts[0] if not name.startswith("train_")]
+            columns = {name: np.concatenate([part[name] for part in parts]) for name in shared}
+            if any("train_step" in part for part in parts):  # epochs without training passes (replayed) get nulls
+                for name in _TRAINING_PASS_COLUMNS:
+                    columns[name] = np.concatenate(
+                        [part.get(name, np.full(part["index"].size, np.nan)) for part in parts]
+                    )
+                widths = {part["train_probabilities"].shape[1] for part in parts if "train_probabilities" in part}
+                if widths:
+                    width = widths.pop()
+                    columns["train_probabilities"] = np.concatenate(
+                        [
+                            part.get("train_probabilities", np.full((part["index"].size, width), np.nan))
+                            for part in parts
+                        ]
+                    )
         else:  # nothing drawn yet: the settings alone, and no rows
             columns = {name: np.zeros(0) for name in _ROW_COLUMNS}
         index = columns["index"].astype(np.int64)
@@ -294,6 +323,17 @@ class CurriculumRecord:
             arrays[name] = pa.array(columns[name], pa.float64())
         if "reference_loss" in columns:
             arrays["reference_loss"] = pa.array(columns["reference_loss"], pa.float64())
+        if "train_step" in columns:
+            for name in _TRAINING_PASS_COLUMNS:
+                integer = name in ("train_num_tokens", "train_step")
+                arrays[name] = _nullable_int(columns[name]) if integer else pa.array(columns[name], pa.float64())
+            if "train_probabilities" in columns:
+                probabilities = columns["train_probabilities"]
+                missing = np.isnan(probabilities).all(axis=1)
+                arrays["train_probabilities"] = pa.array(
+                    [None if gone else row.tolist() for gone, row in zip(missing, probabilities, strict=True)],
+                    pa.list_(pa.float64()),
+                )
         table = pa.table(arrays)
         return table.replace_schema_metadata({METADATA_KEY: json.dumps(self._metadata()).encode()})
 
@@ -308,6 +348,9 @@ class CurriculumRecord:
             "settings": self.settings,
             "id_column": self.id_column if self.example_ids is not None else None,
             "vocab_size": {str(boundary): table.vocab_size for boundary, table in self.history.tables.items()},
+            "training_pass_vocab_size": {
+                str(epoch): table.vocab_size for epoch, (table, _) in self.training_passes.items()
+            },
             "epochs": {
                 str(epoch): {
                     "scored_at": draw.scored_at,
@@ -423,6 +466,9 @@ class CurriculumRecord:
         if "reference_loss" in table.column_names:
             record.reference = ScoreTable.empty(size)
             record.reference.loss[index] = column("reference_loss").astype(np.float64)
+        if "train_step" in table.column_names:
+            vocab_sizes = metadata.get("training_pass_vocab_size", {})
+            record.training_passes = _training_passes_from_rows(table, column, epoch, index, size, vocab_sizes)
         return record._with_example_ids(table, metadata, index)
 
     @classmethod
@@ -681,6 +727,32 @@ def _history_from_rows(column, epoch: np.ndarray, index: np.ndarray, size: int, 
         history.tables[boundary] = scores
     history.tables = dict(sorted(history.tables.items()))
     return history
+
+
+def _training_passes_from_rows(
+    table: pa.Table, column, epoch: np.ndarray, index: np.ndarray, size: int, vocab_sizes: dict
+) -> dict[int, tuple[ScoreTable, np.ndarray]]:
+    """epoch -> (its training passes' table, the global step of each row), from the `train_*` columns."""
+    steps = column("train_step").astype(np.float64)
+    probabilities = None
+    if "train_probabilities" in table.column_names:
+        probabilities = table.column("train_probabilities").to_pylist()
+    passes = {}
+    for value in np.unique(epoch[~np.isnan(steps)]).tolist():
+        rows = np.flatnonzero((epoch == value) & ~np.isnan(steps))
+        scores = ScoreTable.empty(size, int(vocab_sizes.get(str(value), 0)))
+        for name in (*_STATISTICS, "num_tokens"):
+            getattr(scores, name)[index[rows]] = column(f"train_{name}")[rows]
+        step = np.full(size, np.nan)
+        step[index[rows]] = steps[rows]
+        if probabilities is not None:
+            found = [(index[row], probabilities[row]) for row in rows if probabilities[row] is not None]
+            if found:
+                scores.probabilities = np.full((size, len(found[0][1])), np.nan)
+                for position, values in found:
+                    scores.probabilities[position] = values
+        passes[int(value)] = (scores, step)
+    return passes
 
 
 def _nullable_int(values: np.ndarray) -> pa.Array:

@@ -11,6 +11,7 @@ and writes into `<run_dir>/zpd_report/`:
 | `epoch_draws.png` | per epoch: the samples drawn from the zone, the fill, replay and annealing; the pool's share in the band |
 | `difficulty_histograms.png` | per scored epoch: the pool's difficulty, the zone and the band |
 | `hit_rate.png` | per epoch: the zone detector's hit rate and the loss drops behind it (two epochs or more; else a table) |
+| `data_map.png` | the data map (Dataset Cartography): each example's confidence against its variability over the training passes, coloured by correctness, the label audit's list marked (two epochs or more) |
 | `report.md` | the run's settings, the per-epoch table, the final evaluation, and the plots |
 
 Epochs are numbered as the Trainer logs them (the first is 1), as in the CLI summary and the cards. A run of the
@@ -34,6 +35,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter, PercentFormatter
 
 from ._io import atomic_write_bytes
+from .data_map import DataMap, data_map
 from .epoch_table import (
     LEGEND,
     eval_metric_names,
@@ -44,6 +46,7 @@ from .epoch_table import (
     markdown_table,
     render_epoch_table,
 )
+from .label_errors import likely_label_errors
 from .record import RECORD_NAME, CurriculumRecord
 from .state import TRAINER_STATE_NAME, last_complete_checkpoint
 
@@ -54,7 +57,8 @@ PPL_BAND = "ppl_band.png"
 EPOCH_DRAWS = "epoch_draws.png"
 DIFFICULTY_HISTOGRAMS = "difficulty_histograms.png"
 HIT_RATE = "hit_rate.png"
-PLOT_NAMES = (LEARNING_CURVE, PPL_BAND, EPOCH_DRAWS, DIFFICULTY_HISTOGRAMS, HIT_RATE)
+DATA_MAP = "data_map.png"
+PLOT_NAMES = (LEARNING_CURVE, PPL_BAND, EPOCH_DRAWS, DIFFICULTY_HISTOGRAMS, HIT_RATE, DATA_MAP)
 # Beyond this many scored epochs the histogram grid becomes unreadable: evenly spaced epochs are drawn instead.
 MAX_HISTOGRAM_PANELS = 12
 DPI = 100
@@ -457,6 +461,33 @@ def hit_rate_figure(metrics: dict[int, dict[str, float]]) -> Figure | None:
     return figure
 
 
+def data_map_figure(cartography: DataMap, listed: np.ndarray | None = None) -> Figure:
+    """Confidence against variability for every measured example, coloured by correctness (by confidence when the
+    run kept no class probabilities), with the label audit's listed examples circled."""
+    measured = np.isfinite(cartography.confidence)
+    figure = Figure(figsize=(7.5, 6), layout="constrained")
+    axes = figure.subplots()
+    colour = cartography.correctness if np.isfinite(cartography.correctness[measured]).any() else None
+    colouring = {"c": colour[measured], "cmap": "coolwarm_r", "vmin": 0.0, "vmax": 1.0} if colour is not None else {}
+    points = axes.scatter(
+        cartography.variability[measured], cartography.confidence[measured], s=9, alpha=0.7, linewidths=0, **colouring
+    )
+    if colour is not None:
+        figure.colorbar(points, ax=axes, label="correctness (share of passes that predicted the given label)")
+    if listed is not None and listed.size:
+        axes.scatter(cartography.variability[listed], cartography.confidence[listed], s=30, facecolors="none",
+                     edgecolors="black", linewidths=0.8, label=f"label audit's list ({listed.size})")  # fmt: skip
+        _legend(axes, loc="upper right")
+    axes.set_xlabel("variability (std of the given label's probability over the training passes)")
+    axes.set_ylabel("confidence (its mean)")
+    axes.set_ylim(-0.02, 1.02)
+    axes.grid(alpha=0.3)
+    epochs = ", ".join(str(epoch) for epoch in cartography.epochs)
+    axes.set_title(f"Data map: training passes of epochs {epochs}\n(top: easy to learn, right: ambiguous, "
+                   "bottom left: hard to learn)", fontsize="medium")  # fmt: skip
+    return figure
+
+
 # ---- markdown ----
 
 
@@ -572,6 +603,16 @@ def report_figures(run: RunData) -> tuple[dict[str, tuple[str, Figure | None]], 
         if not epochs:
             notes.append("No epoch has been drawn around a scored zone yet, so there are no difficulty histograms.")
     figures[HIT_RATE] = ("Hit rate", hit_rate_figure(metrics))
+    if run.record is not None and len(run.record.training_passes) >= 2:
+        listed = None
+        if run.record.labels is not None:
+            try:
+                listed = likely_label_errors(run.record, listed_only=True)["index"].to_numpy()
+            except ValueError as error:  # no audit for this record: the map alone
+                notes.append(f"The data map marks no label errors: {error}")
+        figures[DATA_MAP] = ("Data map", data_map_figure(data_map(run.record), listed))
+    elif run.record is not None:
+        notes.append("No data map: it needs the training passes of two epochs or more.")
     has_hit_rate = any("zpd/hit_rate" in values for values in metrics.values())
     if metrics and not has_hit_rate:
         notes.append(

@@ -36,6 +36,8 @@ class ScoreTable:
         entropy (`np.ndarray` of shape `(N,)`): mean normalised entropy.
         num_tokens (`np.ndarray` of shape `(N,)`): supervised positions; NaN if unscored, 0 if it has none.
         vocab_size (`int`): V, the size of the output distribution.
+        probabilities (`np.ndarray` of shape `(N, V)`, *optional*): a classifier's class probabilities (one position
+            per example, at most `MAX_RECORDED_CLASSES` classes); NaN rows where not scored; `None` for other models.
     """
 
     loss: np.ndarray
@@ -43,6 +45,7 @@ class ScoreTable:
     entropy: np.ndarray
     num_tokens: np.ndarray
     vocab_size: int
+    probabilities: np.ndarray | None = None
 
     @classmethod
     def empty(cls, num_examples: int, vocab_size: int = 0) -> ScoreTable:
@@ -59,9 +62,16 @@ class ScoreTable:
         self.confidence[index] = stats.confidence.cpu().numpy()
         self.entropy[index] = stats.entropy.cpu().numpy()
         self.num_tokens[index] = stats.num_tokens.cpu().numpy()
+        if stats.probabilities is not None:
+            width = stats.probabilities.shape[1]
+            if self.probabilities is None or self.probabilities.shape[1] != width:
+                self.probabilities = np.full((len(self), width), np.nan)
+            self.probabilities[index] = stats.probabilities.cpu().numpy()
 
     def copy(self) -> ScoreTable:
-        return ScoreTable(*(getattr(self, column).copy() for column in SCORE_COLUMNS), vocab_size=self.vocab_size)
+        probabilities = None if self.probabilities is None else self.probabilities.copy()
+        columns = (getattr(self, column).copy() for column in SCORE_COLUMNS)
+        return ScoreTable(*columns, vocab_size=self.vocab_size, probabilities=probabilities)
 
     def competence(self, weights: tuple[float, float, float]) -> np.ndarray:
         return competence(self.loss, self.confidence, self.entropy, self.vocab_size, weights)
@@ -69,7 +79,9 @@ class ScoreTable:
     def checksum(self) -> list[float]:
         """Cheap fingerprint (per-column sums over scored rows, and the scored count) to compare across processes."""
         scored = ~np.isnan(self.num_tokens)
-        columns = (self.loss, self.confidence, self.entropy, self.num_tokens)
+        columns = [self.loss, self.confidence, self.entropy, self.num_tokens]
+        if self.probabilities is not None:
+            columns.append(self.probabilities)
         return [
             float(np.nan_to_num(column[scored], nan=-1.0, posinf=-2.0, neginf=-3.0).sum()) for column in columns
         ] + [float(scored.sum())]
@@ -176,25 +188,34 @@ def run_scoring_pass(
             index = batch.pop(INDEX_COLUMN)
             stats = forward_statistics(model, batch)
             vocab_size = stats.vocab_size
-            rows.append(
-                torch.stack(
-                    [
-                        torch.as_tensor(index, device=stats.loss_sum.device).double(),
-                        stats.loss_sum,
-                        stats.confidence_sum,
-                        stats.entropy_sum,
-                        stats.num_tokens,
-                    ],
-                    dim=1,
-                )
-            )  # (b, 5)
-    gathered = gather_rows(rows, 5, accelerator)
+            rows.append(statistics_rows(torch.as_tensor(index, device=stats.loss_sum.device), stats))  # (b, 5 [+ K])
+    # Every process holds the same model, so the same row width (the class probabilities, when recorded).
+    width = rows[0].shape[1] if rows else 5
+    gathered = gather_rows(rows, width, accelerator)
     vocab_size = int(accelerator.gather(torch.tensor([vocab_size], device=accelerator.device)).max().item())
     index = gathered[:, 0].long().numpy()
-    stats = ExampleStatistics(gathered[:, 1], gathered[:, 2], gathered[:, 3], gathered[:, 4], vocab_size)
-    table.fill(index, stats)
+    table.fill(index, statistics_from_rows(gathered[:, 1:], vocab_size))
     assert_same_on_every_process(table.checksum(), "scoring table", accelerator)
     return table, time.perf_counter() - start
+
+
+def statistics_rows(index: torch.Tensor, stats: ExampleStatistics, *leading: torch.Tensor) -> torch.Tensor:
+    """One row per example: the index, any `leading` columns, the four sums, then the class probabilities (if any),
+    as float64 on the statistics' device, to gather across processes."""
+    device = stats.loss_sum.device
+    columns = [index.to(device).double(), *(column.to(device).double() for column in leading)]
+    columns += [stats.loss_sum, stats.confidence_sum, stats.entropy_sum, stats.num_tokens]
+    rows = torch.stack(columns, dim=1)
+    if stats.probabilities is not None:
+        rows = torch.cat([rows, stats.probabilities.to(device).double()], dim=1)
+    return rows
+
+
+def statistics_from_rows(rows: torch.Tensor, vocab_size: int) -> ExampleStatistics:
+    """The [`ExampleStatistics`] of gathered rows without their index (and leading) columns: the four sums, then
+    the class probabilities when the rows have more columns."""
+    probabilities = rows[:, 4:] if rows.shape[1] > 4 else None
+    return ExampleStatistics(rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3], vocab_size, probabilities)
 
 
 def gather_rows(rows: list[torch.Tensor], width: int, accelerator: Accelerator | None) -> torch.Tensor:
@@ -215,43 +236,48 @@ def gather_rows(rows: list[torch.Tensor], width: int, accelerator: Accelerator |
 
 
 class TrainingPassScores:
-    """The per-example statistics of the training forward passes, the latest one per example (the training-pass
-    score source).
+    """The per-example statistics of the training forward passes, the latest one per example.
 
-    Each training micro-batch adds rows (index, global step, loss sum, confidence sum, entropy sum, tokens) on its own
-    process; [`~TrainingPassScores.merge`] gathers them from every process into one table, in which an example keeps
-    the row of its latest step (of the last process, for an example drawn twice in the same step), so every process
-    holds the same table.
+    Each training micro-batch adds rows (index, global step, loss sum, confidence sum, entropy sum, tokens, and a
+    classifier's class probabilities) on its own process; [`~TrainingPassScores.merge`] gathers them from every
+    process into one table, in which an example keeps the row of its latest step (of the last process, for an example
+    drawn twice in the same step), so every process holds the same table. The curriculum keeps one per epoch: each
+    example's statistics when the epoch drew it, before the step that trained on it.
 
     Args:
         num_examples (`int`): the training set's size.
     """
-
-    WIDTH = 6
 
     def __init__(self, num_examples: int):
         self.table = ScoreTable.empty(num_examples)
         self.step = np.full(num_examples, np.nan)
         self.pending: list[torch.Tensor] = []
 
+    @property
+    def width(self) -> int:
+        """The columns of a pending row: index, step, the four sums, and the class probabilities if recorded."""
+        probabilities = self.table.probabilities
+        if self.pending:
+            return self.pending[0].shape[1]
+        return 6 + (0 if probabilities is None else probabilities.shape[1])
+
     def add(self, index: torch.Tensor, step: int, stats: ExampleStatistics) -> None:
         """Keeps one micro-batch's rows on their device (no host sync per step)."""
         self.table.vocab_size = stats.vocab_size
-        columns = [index.to(stats.loss_sum.device).double(), torch.full_like(stats.loss_sum, float(step))]
-        columns += [stats.loss_sum, stats.confidence_sum, stats.entropy_sum, stats.num_tokens]
-        self.pending.append(torch.stack(columns, dim=1))  # (b, 6)
+        steps = torch.full_like(stats.loss_sum, float(step))
+        self.pending.append(statistics_rows(index, stats, steps))  # (b, 6 [+ K])
 
     def merge(self, accelerator: Accelerator | None) -> None:
         """Gathers every process's pending rows into the table. Collective: every process must call it (`None`: one
         process, no accelerator)."""
-        rows = gather_rows(self.pending, self.WIDTH, accelerator)
+        rows = gather_rows(self.pending, self.width, accelerator)
         self.pending = []
         vocab_size = self.table.vocab_size
         if accelerator is not None:
             vocab_size = int(accelerator.gather(torch.tensor([vocab_size], device=accelerator.device)).max())
         rows = rows[torch.argsort(rows[:, 1], stable=True)]  # by step; the last write to an index wins
         index = rows[:, 0].long().numpy()
-        self.table.fill(index, ExampleStatistics(rows[:, 2], rows[:, 3], rows[:, 4], rows[:, 5], vocab_size))
+        self.table.fill(index, statistics_from_rows(rows[:, 2:], vocab_size))
         self.step[index] = rows[:, 1].numpy()
         self.table.vocab_size = vocab_size
 

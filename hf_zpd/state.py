@@ -1,12 +1,11 @@
 """The checkpoint state: what a resumed run needs beyond the curriculum record.
 
-A checkpoint folder holds the record (`zpd_curriculum.parquet`: every epoch's draws, the zones and the scoring passes,
-the one source of those) and this small file, `zpd_state.safetensors`: the running perplexity's moving average, the
-training passes' statistics that a later draw still needs (`score_source="training_pass"`, or the learnability
-guard's first baseline), and a reference model's scores when the run uses one (so a resumed run does not score
-again, and uses the very scores it started with). Arrays are safetensors and
-the rest JSON in its metadata (no pickle), written through a temporary file and a rename, so a reader never sees half
-a file.
+A checkpoint folder holds the record (`zpd_curriculum.parquet`: every epoch's draws, the zones, the scoring passes and
+the training passes of finished epochs, the one source of those) and this small file, `zpd_state.safetensors`: the
+running perplexity's moving average, the training passes of the epoch it was saved in, and a reference model's scores
+when the run uses one (so a resumed run does not score again, and uses the very scores it started with). Arrays are
+safetensors and the rest JSON in its metadata (no pickle), written through a temporary file and a rename, so a reader
+never sees half a file.
 """
 
 from __future__ import annotations
@@ -63,24 +62,26 @@ class TrainingState:
     Args:
         dataset_size (`int`): the training set's size, checked on resume.
         running_loss (`float`, *optional*): the moving average of training losses behind the running perplexity.
-        training_pass_scores (`tuple[ScoreTable, np.ndarray]`, *optional*): the training passes' statistics a later
-            draw needs and the global step of each row (NaN where none).
+        training_pass_scores (`tuple[ScoreTable, np.ndarray, int]`, *optional*): the training passes of the epoch the
+            checkpoint was saved in, the global step of each row (NaN where none), and that epoch.
         reference (`ScoreTable`, *optional*): a reference model's scores of the training set.
     """
 
     dataset_size: int
     running_loss: float | None = None
-    training_pass_scores: tuple[ScoreTable, np.ndarray] | None = None
+    training_pass_scores: tuple[ScoreTable, np.ndarray, int | None] | None = None
     reference: ScoreTable | None = None
 
     def save(self, folder: str) -> str:
         """Writes the state into `folder` atomically and returns the file's path."""
         arrays: dict[str, np.ndarray] = {}
-        vocab_size = None
+        vocab_size = epoch = None
         if self.training_pass_scores is not None:
-            table, step = self.training_pass_scores
+            table, step, epoch = self.training_pass_scores
             arrays = {f"training_pass.{column}": getattr(table, column).astype(np.float64) for column in SCORE_COLUMNS}
             arrays["training_pass.step"] = step.astype(np.float64)
+            if table.probabilities is not None:
+                arrays["training_pass.probabilities"] = table.probabilities.astype(np.float64)
             vocab_size = table.vocab_size
         if self.reference is not None:
             arrays.update({f"reference.{c}": getattr(self.reference, c).astype(np.float64) for c in SCORE_COLUMNS})
@@ -89,6 +90,7 @@ class TrainingState:
             "dataset_size": self.dataset_size,
             "running_loss": self.running_loss,
             "training_pass_vocab_size": vocab_size,
+            "training_pass_epoch": epoch,
             "reference_vocab_size": None if self.reference is None else self.reference.vocab_size,
         }
         path = os.path.join(folder, STATE_NAME)
@@ -132,8 +134,12 @@ class TrainingState:
         training_pass = None
         if "training_pass.step" in arrays:
             columns = [arrays[f"training_pass.{column}"] for column in SCORE_COLUMNS]
-            table = ScoreTable(*columns, vocab_size=header["training_pass_vocab_size"])
-            training_pass = (table, arrays["training_pass.step"])
+            table = ScoreTable(
+                *columns,
+                vocab_size=header["training_pass_vocab_size"],
+                probabilities=arrays.get("training_pass.probabilities"),
+            )
+            training_pass = (table, arrays["training_pass.step"], header.get("training_pass_epoch"))
         reference = None
         if "reference.loss" in arrays:
             columns = [arrays[f"reference.{column}"] for column in SCORE_COLUMNS]

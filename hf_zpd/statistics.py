@@ -19,6 +19,10 @@ import torch
 
 IGNORE_INDEX = -100
 
+# Classifiers with at most this many classes also keep each example's class probabilities (the label audit's input,
+# `label_errors.py`): a few floats per example. Beyond it (and for language models) only the statistics are kept.
+MAX_RECORDED_CLASSES = 128
+
 # The default competence weights (wL, wC, wH) of the method, and those of the loss-only ablation "A1".
 COMPOSITE_WEIGHTS = (0.4, 0.35, 0.25)
 LOSS_ONLY_WEIGHTS = (1.0, 0.0, 0.0)
@@ -42,6 +46,9 @@ class ExampleStatistics:
             Number of supervised positions. An example with none has all its means undefined (NaN).
         vocab_size (`int`):
             V, the size of the output distribution (vocabulary or number of classes).
+        probabilities (`torch.Tensor` of shape `(num_examples, V)`, *optional*):
+            The class probabilities of a classifier with one position per example and at most
+            `MAX_RECORDED_CLASSES` classes; `None` otherwise.
     """
 
     loss_sum: torch.Tensor
@@ -49,6 +56,7 @@ class ExampleStatistics:
     entropy_sum: torch.Tensor
     num_tokens: torch.Tensor
     vocab_size: int
+    probabilities: torch.Tensor | None = None
 
     def _mean(self, total: torch.Tensor) -> torch.Tensor:
         # 0 / 0 gives NaN on purpose: an example without supervised positions has no statistics.
@@ -132,7 +140,10 @@ def per_example_statistics(
             f"logits must have one more dimension than labels, got logits {tuple(logits.shape)} and labels "
             f"{tuple(labels.shape)}."
         )
+    probabilities = None
     if logits.dim() == 2:  # sequence classification: one position per example
+        if 2 <= logits.shape[-1] <= MAX_RECORDED_CLASSES:
+            probabilities = torch.softmax(logits.float(), dim=-1).double()  # (B, K): the label audit's input
         logits, labels = logits[:, None, :], labels[:, None]
     batch_size, seq_len, vocab_size = logits.shape
     if labels.shape != (batch_size, seq_len):
@@ -158,6 +169,9 @@ def per_example_statistics(
         token = chunk_statistics(chunk, targets[start : start + chunk_size], log_vocab)
         stats.add_rows(example_of_row[start : start + chunk_size], token)
     stats.num_tokens = torch.bincount(example_of_row, minlength=batch_size).to(torch.float64)
+    if probabilities is not None:
+        probabilities[stats.num_tokens == 0] = math.nan  # an example without a label has no class probabilities
+    stats.probabilities = probabilities
     return stats
 
 

@@ -504,14 +504,17 @@ class ZPDTrainerMixin:
         dataset_size = len(self.train_dataset)
         self._zpd_monitor = self._new_monitor()
         self._check_model_supported(self.model_wrapped)
-        labels = class_labels(self.train_dataset, self.label_names) if self.args.class_balance else None
+        # Every classifier's record keeps the labels (the label audit reads them); the draw balances by them only with
+        # class_balance.
+        record_labels = class_labels(self.train_dataset, self.label_names)
+        labels = record_labels if self.args.class_balance else None
         record = CurriculumRecord(settings=self._record_settings())
         self._zpd_state = TrainingState(dataset_size=dataset_size)
         column = detect_id_column(self.train_dataset, self.curriculum_id_column)
         if column is not None:
             record.id_column = column
             record.example_ids = read_example_ids(self.train_dataset, column)
-        record.labels = labels
+        record.labels = record_labels
         assert_same_on_every_process(dataset_sketch(self.train_dataset), "training set", self.accelerator)
         # The epoch to resume in, by the Trainer's own formula (`_init_training_state`), and the samples of the whole
         # run (for annealing), from the steps the Trainer will take.
@@ -720,7 +723,7 @@ class ZPDTrainerMixin:
             `datasets.Dataset`: one row per example in dataset order, with `zpd_example_index`, the ids (if any),
             `loss`, `confidence`, `entropy`, `competence` and `difficulty` (composite, or the loss in `"loss"` mode),
             `num_tokens`, `vocab_size` (the size of the output distribution) and, for a classification dataset,
-            `label`. Examples without supervised tokens have NaN statistics and `num_tokens` 0. Written to parquet
+            `label` and `probabilities` (the class probabilities, for at most 128 classes). Examples without supervised tokens have NaN statistics and `num_tokens` 0. Written to parquet
             (`hf-zpd score`), it is what `reference_scores` reads.
         """
         dataset = dataset if dataset is not None else self.train_dataset
@@ -752,6 +755,8 @@ class ZPDTrainerMixin:
         labels = class_labels(dataset, self.label_names)
         if labels is not None:  # a reference's scores are checked against the training set's labels
             columns["label"] = labels
+        if table.probabilities is not None:  # a classifier's: what `hf-zpd label-errors` audits
+            columns["probabilities"] = table.probabilities.tolist()
         return datasets.Dataset.from_dict(columns)
 
     # ---- Checkpoints ----
@@ -776,6 +781,8 @@ class ZPDTrainerMixin:
         super()._save_checkpoint(model, trial)
 
     def _end_curriculum(self) -> None:
+        if self._zpd_curriculum is not None:
+            self._zpd_curriculum.finish()  # collective: an epoch the run ended inside keeps its training passes
         if self.curriculum is not None and self.args.should_save:
             self.curriculum.save(self.args.output_dir)
 

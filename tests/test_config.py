@@ -21,6 +21,7 @@ ZPD_DEFAULTS = {
     "fill_temperature": 0.25,
     "class_balance": True,
     "out_of_reach": "learnability_guard",
+    "exclude_label_errors": True,
     "max_out_of_reach_fraction": 0.5,
     "anneal_fraction": 0.125,
     "min_zone_fraction": 0.05,

@@ -195,3 +195,70 @@ def test_easy_first_grows_its_share_with_training():
     )
     # falling_losses is ordered: the easiest examples are the first ones
     np.testing.assert_array_equal(zones[2], np.arange(zones[2].size))
+
+
+# ---- the label audit's list (exclude_label_errors) ----
+
+
+class AuditHarness(Harness):
+    """A classifier's scoring passes: 3 classes, the class probabilities favour `predicted` (0.7 against 0.15)."""
+
+    def __init__(self, losses, predicted, **fields):
+        self.predicted = predicted
+        super().__init__(losses, labels=np.arange(SIZE) % 3, **fields)
+
+    def score(self, indices):
+        table, seconds = super().score(indices)
+        table.probabilities = np.full((SIZE, 3), np.nan)
+        rows = np.asarray(indices)
+        table.probabilities[rows] = 0.15
+        table.probabilities[rows, self.predicted[rows]] = 0.7
+        return table, seconds
+
+
+def audited(**fields):
+    """Losses whose band (difficulty = perplexity, A1) holds about a fifth of each class, and a model that prefers
+    another class for every other example of the band."""
+    labels = np.arange(SIZE) % 3
+    losses = lambda boundary: 1.0 + 0.4 * np.linspace(-1.0, 1.0, SIZE)  # noqa: E731
+    predicted = labels.copy()
+    fields = {"difficulty_mode": "loss", "out_of_reach": "none", **fields}
+    harness = AuditHarness(losses, predicted, **fields)
+    composed = Harness(losses, labels=labels, **{**fields, "exclude_label_errors": False})
+    composed.train(2)
+    band = composed.curriculum.record.epochs[2].in_band
+    assert band.size >= 6
+    predicted[band[::2]] = (labels[band[::2]] + 1) % 3  # listed: half of the band
+    return harness, predicted != labels, band, None
+
+
+def test_the_label_audits_list_leaves_the_zone_and_comes_last_in_the_fill(caplog):
+    harness, listed, band, _ = audited()
+    harness.train(2)
+    draw = harness.curriculum.record.epochs[2]
+    assert not np.isin(draw.zone, np.flatnonzero(listed)).any(), "a listed example is never repeated in the zone"
+    assert np.isin(np.flatnonzero(listed), draw.out_of_reach).all()
+    metrics = draw.metrics
+    assert metrics["zpd/num_label_errors"] == listed.sum()
+    assert metrics["zpd/band_label_error_share"] == pytest.approx(np.isin(band, np.flatnonzero(listed)).mean())
+    # Without the audit the same band holds the listed examples: the setting is what kept them out.
+    unaudited, _, _, _ = audited(exclude_label_errors=False)
+    unaudited.train(2)
+    assert np.isin(unaudited.curriculum.record.epochs[2].zone, np.flatnonzero(listed)).any()
+
+
+def test_one_log_line_when_the_list_holds_most_of_the_band(caplog):
+    labels = np.arange(SIZE) % 3
+    predicted = (labels + 1) % 3  # the model prefers another class for every example
+    harness = AuditHarness(lambda boundary: 1.0 + 0.4 * np.linspace(-1.0, 1.0, SIZE), predicted, difficulty_mode="loss", out_of_reach="none")
+    with caplog.at_level("WARNING", logger="hf_zpd.curriculum"):
+        harness.train(3)
+    lines = [r.getMessage() for r in caplog.records if "dominated by likely label errors" in r.getMessage()]
+    assert len(lines) == 1 and "Epoch 2: 100%" in lines[0], "logged once, at the first epoch it happens"
+    assert harness.curriculum.record.epochs[3].metrics["zpd/band_label_error_share"] == 1.0
+
+
+def test_a_language_model_or_no_probabilities_has_no_list():
+    harness = Harness(falling_losses, labels=np.arange(SIZE) % 3)  # a table without class probabilities
+    harness.train(2)
+    assert "zpd/num_label_errors" not in harness.curriculum.record.epochs[2].metrics

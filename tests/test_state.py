@@ -24,8 +24,10 @@ def test_state_file_is_written_atomically_and_round_trips(tmp_path):
     table = ScoreTable.empty(5, vocab_size=7)
     table.loss[[1, 3]] = [0.5, 1.5]
     table.num_tokens[[1, 3]] = [2, 4]
+    table.probabilities = np.full((5, 7), np.nan)
+    table.probabilities[[1, 3]] = np.full(7, 1 / 7)
     step = np.array([np.nan, 3, np.nan, 4, np.nan])
-    state = TrainingState(dataset_size=5, running_loss=1.25, training_pass_scores=(table, step))
+    state = TrainingState(dataset_size=5, running_loss=1.25, training_pass_scores=(table, step, 2))
     path = state.save(str(tmp_path))
     assert os.listdir(tmp_path) == [STATE_NAME], "no temporary file may be left behind"
     # The same permissions as a file the Trainer writes with open() (mkstemp alone would give 0600).
@@ -35,9 +37,11 @@ def test_state_file_is_written_atomically_and_round_trips(tmp_path):
     reference.unlink()
     loaded = TrainingState.load(str(tmp_path), 5)
     assert loaded.running_loss == 1.25
-    got_table, got_step = loaded.training_pass_scores
+    got_table, got_step, got_epoch = loaded.training_pass_scores
     np.testing.assert_array_equal(got_table.loss, table.loss)
+    np.testing.assert_array_equal(got_table.probabilities, table.probabilities)
     np.testing.assert_array_equal(got_step, step)
+    assert got_epoch == 2, "the epoch the training passes belong to"
     assert got_table.vocab_size == 7
     assert TrainingState.load(str(tmp_path / "elsewhere"), 5) is None  # a plain Trainer checkpoint
 
