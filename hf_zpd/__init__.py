@@ -1,7 +1,8 @@
 """hf_zpd: a Zone-of-Proximal-Development curriculum for the Hugging Face Trainer.
 
 Swap `Trainer` for `ZPDTrainer` (or TRL's `SFTTrainer` for `ZPDSFTTrainer`); every epoch after the first is then
-drawn around the examples the model is about to learn. The README's "How it works" has the formulas and the rules.
+drawn around the examples the model is about to learn. Swap TRL's `GRPOTrainer` for `ZPDGRPOTrainer`, and every
+generation round draws the prompts whose groups are likely to be mixed, where GRPO's gradient is. The README's "How it works" has the formulas and the rules.
 """
 
 import importlib
@@ -33,12 +34,19 @@ _EXPORTS = {
     "ZPDTrainerMixin": "trainer",
     "ZPDSFTConfig": "sft",
     "ZPDSFTTrainer": "sft",
+    "ZPDGRPOConfig": "grpo",
+    "ZPDGRPOTrainer": "grpo",
+    "PromptCurriculum": "grpo_curriculum",
+    "PromptRecord": "grpo_record",
 }
 
 if TYPE_CHECKING:
     from .band import ZoneSelection, select_zone
     from .config import ZPDArguments, ZPDConfig
     from .curriculum import Curriculum
+    from .grpo import ZPDGRPOConfig, ZPDGRPOTrainer
+    from .grpo_curriculum import PromptCurriculum
+    from .grpo_record import PromptRecord
     from .hub import load_curriculum, push_curriculum
     from .label_errors import likely_label_errors
     from .record import CurriculumRecord, EpochDraw
@@ -71,9 +79,13 @@ __all__ = [
     "EpochDraw",
     "EpochPlan",
     "ExampleStatistics",
+    "PromptCurriculum",
+    "PromptRecord",
     "ScoreTable",
     "ZPDArguments",
     "ZPDConfig",
+    "ZPDGRPOConfig",
+    "ZPDGRPOTrainer",
     "ZPDSFTConfig",
     "ZPDSFTTrainer",
     "ZPDSampler",
