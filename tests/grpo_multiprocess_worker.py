@@ -27,13 +27,34 @@ def says_cat(completions, **kwargs):
 def build(out_dir: str, **overrides) -> ZPDGRPOTrainer:
     tokenizer = build_tokenizer()
     tokenizer.padding_side = "left"
-    prompts = Dataset.from_dict({"prompt": [" ".join(WORDS[(i + k) % len(WORDS)] for k in range(3)) for i in range(32)]})
-    values = dict(output_dir=out_dir, bf16=False, use_cpu=True, report_to="none", per_device_train_batch_size=6,
-                  num_generations=4, max_completion_length=3, max_steps=6, logging_steps=1, save_strategy="steps",
-                  save_steps=3, seed=0, gradient_checkpointing=False, disable_tqdm=True, learning_rate=1e-2)
+    prompts = Dataset.from_dict(
+        {"prompt": [" ".join(WORDS[(i + k) % len(WORDS)] for k in range(3)) for i in range(32)]}
+    )
+    values = dict(
+        output_dir=out_dir,
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+        per_device_train_batch_size=6,
+        num_generations=4,
+        max_completion_length=3,
+        max_steps=6,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=3,
+        seed=0,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+        learning_rate=1e-2,
+    )
     values.update(overrides)
-    trainer = ZPDGRPOTrainer(model=tiny_llama(len(tokenizer.get_vocab()), seed=0), reward_funcs=says_cat,
-                             args=ZPDGRPOConfig(**values), train_dataset=prompts, processing_class=tokenizer)
+    trainer = ZPDGRPOTrainer(
+        model=tiny_llama(len(tokenizer.get_vocab()), seed=0),
+        reward_funcs=says_cat,
+        args=ZPDGRPOConfig(**values),
+        train_dataset=prompts,
+        processing_class=tokenizer,
+    )
     local = []
     generate = trainer._generate_and_score_completions
 
@@ -64,7 +85,9 @@ def main(out_dir: str) -> None:
         "world_size": dist.get_world_size(),
         "distributed_type": str(whole.accelerator.distributed_type),
         "plans": {str(r): p.prompts.tolist() for r, p in sorted(curriculum.plans.items())},
-        "features": {str(r): p.features.tolist() for r, p in sorted(curriculum.plans.items()) if p.features is not None},
+        "features": {
+            str(r): p.features.tolist() for r, p in sorted(curriculum.plans.items()) if p.features is not None
+        },
         "observed": {str(r): o.prompts.tolist() for r, o in sorted(curriculum.outcomes.items())},
         "local": whole.local_prompts,
         "digest": digest(whole.model),

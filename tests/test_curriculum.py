@@ -250,7 +250,12 @@ def test_the_label_audits_list_leaves_the_zone_and_comes_last_in_the_fill(caplog
 def test_one_log_line_when_the_list_holds_most_of_the_band(caplog):
     labels = np.arange(SIZE) % 3
     predicted = (labels + 1) % 3  # the model prefers another class for every example
-    harness = AuditHarness(lambda boundary: 1.0 + 0.4 * np.linspace(-1.0, 1.0, SIZE), predicted, difficulty_mode="loss", out_of_reach="none")
+    harness = AuditHarness(
+        lambda boundary: 1.0 + 0.4 * np.linspace(-1.0, 1.0, SIZE),
+        predicted,
+        difficulty_mode="loss",
+        out_of_reach="none",
+    )
     with caplog.at_level("WARNING", logger="hf_zpd.curriculum"):
         harness.train(3)
     lines = [r.getMessage() for r in caplog.records if "dominated by likely label errors" in r.getMessage()]
