@@ -86,7 +86,47 @@ def card_context(record: CurriculumRecord, repo_id: str | None = None) -> dict[s
         "num_rows": sum(len(record.epoch_rows(epoch)["index"]) for epoch in record.epochs),
         "source_dataset": record.settings.get("source_dataset"),
         "base_model": record.settings.get("base_model"),
+        "label_audit": label_audit_summary(record),
+        "has_data_map": has_data_map(record),
     }
+
+
+# Rows of the label audit the dataset card shows.
+CARD_AUDIT_ROWS = 10
+
+
+def label_audit_summary(record: CurriculumRecord, rows: int = CARD_AUDIT_ROWS) -> dict[str, Any] | None:
+    """The label audit's counts and its first `rows` listed examples, for the card; `None` without an audit (a
+    language model, or a record without training passes)."""
+    from .label_errors import likely_label_errors
+
+    try:
+        ranking = likely_label_errors(record)
+    except ValueError:
+        return None
+    listed = ranking[ranking["listed"]]
+    return {"listed": len(listed), "measured": len(ranking), "rows": listed.head(rows).to_dict("records")}
+
+
+def has_data_map(record: CurriculumRecord) -> bool:
+    """Whether the record's training passes cover two epochs or more (a data map needs them)."""
+    return len(record.training_passes) >= 2
+
+
+def data_map_png(record: CurriculumRecord) -> bytes | None:
+    """The report's data map of a record, as PNG bytes, for a pushed curriculum; `None` when there is none."""
+    if not has_data_map(record):
+        return None
+    from .data_map import data_map
+    from .report import _png, data_map_figure
+
+    summary = label_audit_summary(record, rows=0)
+    listed = None
+    if summary is not None:
+        from .label_errors import likely_label_errors
+
+        listed = likely_label_errors(record, listed_only=True)["index"].to_numpy()
+    return _png(data_map_figure(data_map(record), listed))
 
 
 def dataset_card(

@@ -12,6 +12,8 @@ import os
 from ._io import package_version
 from .record import RECORD_NAME, CurriculumRecord
 
+DATA_MAP_NAME = "data_map.png"
+
 
 def push_curriculum(
     record: CurriculumRecord,
@@ -45,7 +47,7 @@ def push_curriculum(
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from .cards import dataset_card
+    from .cards import data_map_png, dataset_card
 
     api = HfApi(library_name="hf_zpd", library_version=package_version())
     try:
@@ -57,6 +59,9 @@ def push_curriculum(
             CommitOperationAdd(path_in_repo=RECORD_NAME, path_or_fileobj=payload),
             CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()),
         ]
+        picture = data_map_png(record)
+        if picture is not None:  # the card links it
+            operations.append(CommitOperationAdd(path_in_repo=DATA_MAP_NAME, path_or_fileobj=picture))
         return api.create_commit(
             repo_id, operations, commit_message=commit_message, repo_type="dataset", token=token, revision=revision
         )

@@ -512,3 +512,71 @@ def test_the_package_exports_resolve_to_their_modules():
     assert set(hf_zpd.__all__) == set(hf_zpd._EXPORTS) <= set(dir(hf_zpd))
     with pytest.raises(AttributeError, match="no attribute 'NotAThing'"):
         hf_zpd.NotAThing  # noqa: B018
+
+
+# ---- a classifier's record: the training passes, the label audit and the data map ----
+
+
+@pytest.fixture(scope="module")
+def classified(tokenizer, tmp_path_factory):
+    """A 3-epoch classifier run whose labels are a third wrong, with ids."""
+    from builders import classification_dataset, tiny_bert_classifier
+    from transformers import DataCollatorWithPadding
+
+    tmp_path = tmp_path_factory.mktemp("classified")
+    dataset = classification_dataset(tokenizer, NUM_EXAMPLES)
+    labels = np.array(dataset["label"])
+    labels[::3] = (labels[::3] + 1) % 3
+    dataset = dataset.remove_columns("label").add_column("label", labels.tolist())
+    dataset = dataset.add_column("id", [f"ex-{i:03d}" for i in range(NUM_EXAMPLES)])
+    trainer = ZPDTrainer(model=tiny_bert_classifier(len(tokenizer)), args=config(tmp_path, replay_fraction=0.0),
+                         train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer))  # fmt: skip
+    trainer.train()
+    return trainer, tmp_path / "run"
+
+
+def test_the_training_passes_round_trip_through_the_record_file(classified):
+    trainer, output_dir = classified
+    live = trainer.curriculum
+    record = load_curriculum(str(output_dir))
+    assert sorted(record.training_passes) == sorted(live.training_passes) == [1, 2, 3]
+    for epoch, (table, steps) in live.training_passes.items():
+        got, got_steps = record.training_passes[epoch]
+        drawn = ~np.isnan(steps)
+        assert drawn.sum() == (live.epochs[epoch].counts > 0).sum(), "every drawn example has its training pass"
+        np.testing.assert_array_equal(got_steps, steps)
+        for name in ("loss", "confidence", "entropy", "num_tokens"):
+            np.testing.assert_array_equal(getattr(got, name)[drawn], getattr(table, name)[drawn], err_msg=name)
+        np.testing.assert_array_equal(got.probabilities[drawn], table.probabilities[drawn])
+        np.testing.assert_allclose(table.probabilities[drawn].sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(record.labels, live.labels)
+    rows = record.to_pandas()
+    assert rows["label"].notna().all(), "a classifier's rows carry the label in every epoch"
+
+
+def test_the_dataset_card_shows_the_label_audit_and_links_the_data_map(classified):
+    from hf_zpd import likely_label_errors
+
+    trainer, _ = classified
+    text = str(dataset_card(trainer.curriculum, "someone/classified-curriculum"))
+    listed = likely_label_errors(trainer.curriculum, listed_only=True)
+    assert f"**{len(listed)}** of the {NUM_EXAMPLES}" in text and "## Label audit" in text
+    first = listed.iloc[0]
+    assert f"| 1 | {first['index']} | {first['example_id']} | {first['label']} | {first['predicted']} |" in text
+    assert "![Data map" in text and "(data_map.png)" in text
+    assert "`train_probabilities`" in text
+
+
+def test_a_pushed_classifier_curriculum_carries_its_data_map(classified, hub):
+    trainer, _ = classified
+    trainer.push_curriculum_to_hub("tester/classified-curriculum")
+    files = huggingface_hub.HfApi().list_repo_files("tester/classified-curriculum", repo_type="dataset")
+    assert {"README.md", RECORD_NAME, "data_map.png"} <= set(files)
+    record = load_curriculum("tester/classified-curriculum")
+    assert sorted(record.training_passes) == [1, 2, 3]
+
+
+def test_a_language_models_card_has_no_audit(recorded):
+    trainer, _ = recorded
+    text = str(dataset_card(trainer.curriculum, "someone/run-curriculum"))
+    assert "## Label audit" not in text and "## Data map" in text, "an LM's map has confidence, no correctness"
