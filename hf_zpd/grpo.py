@@ -93,6 +93,10 @@ class GRPOCurriculumArguments:
         rollout does not. Text prompts only (no tools, images or vLLM).
     max_filter_generations (`int`, *optional*, defaults to `4`):
         The most extra generations per round the filter may spend.
+    replay_curriculum (`str`, *optional*):
+        Draw every round as a recorded run drew it: a `zpd_grpo_curriculum.parquet`, a folder holding one (a run's
+        `output_dir` or a checkpoint), or a Hub dataset repo pushed with `push_curriculum_to_hub`. The prompt dataset
+        and the prompts per round must be the recorded run's.
     reward_range (`list[float]`, *optional*):
         `[lo, hi]`: the rewards' range, mapping them to a pass rate in [0, 1]. Default: learnt from the rewards seen.
         Binary rewards (two values) give the chance of a mixed group from the pass rate; other rewards from each
@@ -115,6 +119,7 @@ class GRPOCurriculumArguments:
         False, "DAPO's dynamic sampling: replace zero-variance groups after generation."
     )
     max_filter_generations: int = _flag(4, "The most extra generations per round the zero-variance filter spends.")
+    replay_curriculum: str | None = _flag(None, "Draw every round as a recorded GRPO curriculum drew it.")
     reward_range: list[float] | None = field(
         default=None, metadata={"help": "[lo, hi] of the rewards (default: learnt from the rewards seen)."}
     )
@@ -272,6 +277,15 @@ class ZPDGRPOTrainer(GRPOTrainer):
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, **kwargs)  # fmt: skip
         self._zpd_curriculum = self._new_curriculum()
+        if self.args.replay_curriculum is not None:
+            record = PromptRecord.load_from_hub(self.args.replay_curriculum)
+            if record.settings.get("num_prompts") != len(self.train_dataset):
+                raise ValueError(
+                    f"Cannot replay {self.args.replay_curriculum}: it was recorded on "
+                    f"{record.settings.get('num_prompts')} prompts, but train_dataset has {len(self.train_dataset)}. "
+                    "Replay it on its prompt dataset."
+                )
+            self._zpd_curriculum.replay(record.round_prompts(), self.args.replay_curriculum)
         self.add_callback(_CurriculumCallback(self))
 
     # ---- the prompts ----
@@ -600,6 +614,27 @@ class ZPDGRPOTrainer(GRPOTrainer):
             base_model=getattr(getattr(self.model, "config", None), "_name_or_path", None),
         )
         return settings
+
+    def default_curriculum_repo_id(self) -> str:
+        """The model's repo id (`hub_model_id`, else the name of `output_dir`) with `-curriculum` appended."""
+        base = self.args.hub_model_id or os.path.basename(os.path.normpath(self.args.output_dir))
+        return f"{base}-curriculum"
+
+    def push_curriculum_to_hub(self, repo_id: str | None = None, token: str | None = None,
+                               private: bool | None = None, license: str | None = None):  # fmt: skip
+        """Writes the record locally (`output_dir`), then pushes it with a dataset card to a Hub dataset repo.
+
+        Args follow the Trainer's conventions: `token` defaults to `hub_token`, `private` to `hub_private_repo`, and
+        `repo_id` to [`default_curriculum_repo_id`].
+        """
+        local = self.save_curriculum()
+        return self.curriculum.push_to_hub(
+            repo_id or self.default_curriculum_repo_id(),
+            token=token if token is not None else self.args.hub_token,
+            private=private if private is not None else self.args.hub_private_repo,
+            license=license,
+            local_path=local,
+        )
 
     def save_curriculum(self, path: str | None = None) -> str:
         """Writes the record (`zpd_grpo_curriculum.parquet`) atomically into `path` (default `output_dir`)."""

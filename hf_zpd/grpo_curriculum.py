@@ -222,6 +222,7 @@ class PromptCurriculum:
         self.plans: dict[int, RoundPlan] = {}
         self.outcomes: dict[int, RoundOutcome] = {}
         self.refills: dict[int, list[RoundOutcome]] = {}  # extra generations of a round (the zero-variance filter)
+        self.replayed: dict[int, np.ndarray] | None = None  # round -> prompts, when replaying a record
         self.applied = -1  # the last round whose groups the beliefs and the predictor hold
 
     @property
@@ -239,9 +240,39 @@ class PromptCurriculum:
         """
         if round in self.plans:
             return self.plans[round]
+        if self.replayed is not None:
+            return self._replayed_plan(round)
         cutoff = self.cutoff(round)
         self._apply_up_to(cutoff, round)
         plan = self._draw(round, cutoff)
+        self.plans[round] = plan
+        return plan
+
+    def replay(self, rounds: dict[int, np.ndarray], source: str) -> None:
+        """Draws every round as a recorded run drew it (`replay_curriculum`): the same prompts, in the same order.
+
+        Raises:
+            `ValueError`: a recorded prompt index outside this prompt dataset, or a round of another size.
+        """
+        for round, prompts in rounds.items():
+            if prompts.size != self.prompts_per_round or (prompts >= self.num_prompts).any():
+                raise ValueError(
+                    f"Cannot replay {source}: its round {round} drew {prompts.size} prompts (indices up to "
+                    f"{prompts.max()}), but this run draws {self.prompts_per_round} per round from {self.num_prompts} "
+                    "prompts. Replay it with the prompt dataset and batch settings it was recorded with."
+                )
+        self.replayed = dict(rounds)
+        self.replay_source = source
+
+    def _replayed_plan(self, round: int) -> RoundPlan:
+        if round not in self.replayed:
+            raise ValueError(
+                f"The run draws round {round}, but the replayed curriculum {self.replay_source} has rounds "
+                f"0..{max(self.replayed)} only: train at most as many steps as the recorded run."
+            )
+        prompts = self.replayed[round]
+        nan = np.full(prompts.size, np.nan)
+        plan = RoundPlan(round, prompts.copy(), nan, nan, nan, nan, nan, np.ones(prompts.size), cutoff=-1)
         self.plans[round] = plan
         return plan
 

@@ -166,6 +166,102 @@ class PromptRecord:
         columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
         return cls(metadata["settings"], columns, source=path)
 
+    # ---- the Hub ----
+
+    def dataset_card(self, repo_id: str | None = None, license: str | None = None):
+        """A `huggingface_hub.DatasetCard` for the record (`model_cards/templates/grpo_curriculum_card.md`)."""
+        from huggingface_hub import DatasetCard, DatasetCardData
+
+        from ._io import package_homepage
+        from .cards import TEMPLATES, _is_repo_id, model_display_name
+
+        base_model = model_display_name(self.settings.get("base_model"))
+        rows = self.observed()
+        card_data = DatasetCardData(
+            license=license,
+            pretty_name="GRPO prompt curriculum" + (f" of {base_model}" if base_model else ""),
+            tags=["hf_zpd", "curriculum", "grpo", "zone-of-proximal-development"],
+            configs=[{"config_name": "default", "data_files": [{"split": "train", "path": GRPO_RECORD_NAME}]}],
+            base_model=base_model if _is_repo_id(base_model) else None,
+        )
+        return DatasetCard.from_template(
+            card_data,
+            template_path=str(TEMPLATES / "grpo_curriculum_card.md"),
+            repo_id=repo_id or "LOCAL_PATH_OR_REPO_ID",
+            hf_zpd_version=package_version(),
+            hf_zpd_url=package_homepage(),
+            base_model=base_model,
+            settings=self.settings,
+            num_rounds=int(np.unique(rows["round"]).size),
+            zero_variance=self.zero_variance_share() if rows["round"].size else 0.0,
+            tokens=int(np.nansum(rows["completion_tokens"])),
+            num_rows=len(self),
+            record_name=GRPO_RECORD_NAME,
+            format_version=GRPO_RECORD_FORMAT,
+        )
+
+    def push_to_hub(self, repo_id: str, token: str | None = None, private: bool | None = None,
+                    license: str | None = None, local_path: str | None = None):  # fmt: skip
+        """Creates (if needed) the dataset repo `repo_id` and commits the record and its card.
+
+        Raises:
+            `PermissionError`: the Hub refused the write. `ConnectionError`: it could not be reached (or offline mode
+                is on). Both name the local copy when `local_path` is given.
+        """
+        from huggingface_hub import CommitOperationAdd, HfApi
+
+        from .hub import hub_error
+
+        api = HfApi(library_name="hf_zpd", library_version=package_version())
+        try:
+            repo_id = api.create_repo(
+                repo_id, repo_type="dataset", token=token, private=private, exist_ok=True
+            ).repo_id
+            operations = [
+                CommitOperationAdd(path_in_repo=GRPO_RECORD_NAME, path_or_fileobj=self.to_parquet_bytes()),
+                CommitOperationAdd(
+                    path_in_repo="README.md", path_or_fileobj=str(self.dataset_card(repo_id, license)).encode()
+                ),
+            ]
+            return api.create_commit(repo_id, operations, commit_message="Upload GRPO prompt curriculum",
+                                     repo_type="dataset", token=token)  # fmt: skip
+        except Exception as error:  # every failure at the Hub boundary gets one clear message
+            raise hub_error(f"push the GRPO curriculum to the dataset repo {repo_id!r}", error, local_path) from error
+
+    @classmethod
+    def load_from_hub(cls, path_or_repo_id: str, revision: str | None = None, token: str | None = None):
+        """A record from a local folder or file, or from a Hub dataset repo (an existing local path wins).
+
+        Raises:
+            `FileNotFoundError`: no record there. `ConnectionError`: the Hub could not be reached.
+        """
+        target = os.fspath(path_or_repo_id)
+        if os.path.exists(target):
+            return cls.load(target)
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+        from .hub import hub_error
+
+        try:
+            path = hf_hub_download(target, GRPO_RECORD_NAME, repo_type="dataset", revision=revision, token=token)
+        except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as error:
+            raise FileNotFoundError(
+                f"{target} is not a local path, and the Hub dataset repo {target!r} has no {GRPO_RECORD_NAME}."
+            ) from error
+        except Exception as error:
+            raise hub_error(f"download the GRPO curriculum {target!r}", error) from error
+        return cls.load(path)
+
+    def round_prompts(self) -> dict[int, np.ndarray]:
+        """round -> the prompts it drew, in order (what a replay draws)."""
+        rounds, positions, prompts = self.columns["round"], self.columns["position"], self.columns["prompt_index"]
+        order = np.lexsort((positions, rounds))
+        found: dict[int, list] = {}
+        for row in order:
+            found.setdefault(int(rounds[row]), []).append(int(prompts[row]))
+        return {round: np.asarray(values, dtype=np.int64) for round, values in found.items()}
+
 
 def _names() -> tuple[str, ...]:
     return ("round", "position", "prompt_index", *_PLAN_COLUMNS, "cutoff", "observed", "mean_reward", "reward_std",

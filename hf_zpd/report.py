@@ -11,6 +11,7 @@ and writes into `<run_dir>/zpd_report/`:
 | `epoch_draws.png` | per epoch: the samples drawn from the zone, the fill, replay and annealing; the pool's share in the band |
 | `difficulty_histograms.png` | per scored epoch: the pool's difficulty, the zone and the band |
 | `hit_rate.png` | per epoch: the zone detector's hit rate and the loss drops behind it (two epochs or more; else a table) |
+| `grpo_rounds.png` | a GRPO run's prompt curriculum per round: the share of groups with zero reward variance, the predicted share of mixed groups, the mean reward and the completion tokens (`zpd_grpo_curriculum.parquet`) |
 | `data_map.png` | the data map (Dataset Cartography): each example's confidence against its variability over the training passes, coloured by correctness, the label audit's list marked (two epochs or more) |
 | `report.md` | the run's settings, the per-epoch table, the final evaluation, and the plots |
 
@@ -46,6 +47,7 @@ from .epoch_table import (
     markdown_table,
     render_epoch_table,
 )
+from .grpo_record import GRPO_RECORD_NAME, PromptRecord
 from .label_errors import likely_label_errors
 from .record import RECORD_NAME, CurriculumRecord
 from .state import TRAINER_STATE_NAME, last_complete_checkpoint
@@ -58,7 +60,8 @@ EPOCH_DRAWS = "epoch_draws.png"
 DIFFICULTY_HISTOGRAMS = "difficulty_histograms.png"
 HIT_RATE = "hit_rate.png"
 DATA_MAP = "data_map.png"
-PLOT_NAMES = (LEARNING_CURVE, PPL_BAND, EPOCH_DRAWS, DIFFICULTY_HISTOGRAMS, HIT_RATE, DATA_MAP)
+GRPO_ROUNDS = "grpo_rounds.png"
+PLOT_NAMES = (LEARNING_CURVE, PPL_BAND, EPOCH_DRAWS, DIFFICULTY_HISTOGRAMS, HIT_RATE, DATA_MAP, GRPO_ROUNDS)
 # Beyond this many scored epochs the histogram grid becomes unreadable: evenly spaced epochs are drawn instead.
 MAX_HISTOGRAM_PANELS = 12
 DPI = 100
@@ -94,6 +97,7 @@ class RunData:
     record: CurriculumRecord | None = None
     record_path: str | None = None
     notes: list[str] = field(default_factory=list)
+    prompt_record: PromptRecord | None = None
 
     @property
     def log_history(self) -> list[dict[str, Any]]:
@@ -190,7 +194,15 @@ def load_run(run_dir: str | os.PathLike) -> RunData:
             record = CurriculumRecord.load(record_path)
         except ValueError as error:
             raise ReportError(str(error)) from error
-    return RunData(run_dir, state_path, state, record, record_path, notes)
+    prompt_record = None
+    for folder in (os.path.dirname(state_path), run_dir, checkpoint):
+        if folder is not None and os.path.isfile(os.path.join(folder, GRPO_RECORD_NAME)):
+            try:
+                prompt_record = PromptRecord.load(os.path.join(folder, GRPO_RECORD_NAME))
+            except ValueError as error:
+                raise ReportError(str(error)) from error
+            break
+    return RunData(run_dir, state_path, state, record, record_path, notes, prompt_record)
 
 
 def epoch_metrics(run: RunData) -> dict[int, dict[str, float]]:
@@ -461,6 +473,40 @@ def hit_rate_figure(metrics: dict[int, dict[str, float]]) -> Figure | None:
     return figure
 
 
+def grpo_rounds_figure(record: PromptRecord) -> Figure | None:
+    """Per generation round (moving mean over a window of rounds): the share of groups whose rewards did not vary,
+    the share the curriculum predicted to be mixed, the mean reward, and the cumulative completion tokens."""
+    rows = record.observed()
+    if rows["round"].size == 0:
+        return None
+    rounds = np.unique(rows["round"])
+    per_round = {name: np.array([rows[name][rows["round"] == r].mean() for r in rounds]) for name in
+                 ("mixed", "score", "mean_reward")}  # fmt: skip
+    tokens = np.cumsum([rows["completion_tokens"][rows["round"] == r].sum() for r in rounds])
+    window = max(1, rounds.size // 20)
+    kernel = np.ones(window) / window
+
+    def smooth(values):
+        return np.convolve(values, kernel, mode="valid") if values.size >= window else values
+
+    x = rounds[window - 1 :] if rounds.size >= window else rounds
+    figure = Figure(figsize=(8, 6.5), layout="constrained")
+    top, bottom = figure.subplots(2, 1, sharex=True)
+    top.plot(x, smooth(1.0 - per_round["mixed"]), label="groups with zero reward variance (realised)")
+    top.plot(x, smooth(1.0 - per_round["score"]), linestyle="--", label="1 - predicted P(mixed) of the drawn prompts")
+    top.plot(x, smooth(per_round["mean_reward"]), label="mean reward")
+    top.set_ylim(-0.02, 1.02)
+    top.set_ylabel(f"share (moving mean of {window} rounds)")
+    top.grid(alpha=0.3)
+    _legend(top)
+    bottom.plot(rounds, tokens, color="tab:gray")
+    bottom.set_ylabel("completion tokens generated")
+    bottom.set_xlabel("generation round")
+    bottom.grid(alpha=0.3)
+    top.set_title("GRPO prompt curriculum per round")
+    return figure
+
+
 def data_map_figure(cartography: DataMap, listed: np.ndarray | None = None) -> Figure:
     """Confidence against variability for every measured example, coloured by correctness (by confidence when the
     run kept no class probabilities), with the label audit's listed examples circled."""
@@ -603,6 +649,8 @@ def report_figures(run: RunData) -> tuple[dict[str, tuple[str, Figure | None]], 
         if not epochs:
             notes.append("No epoch has been drawn around a scored zone yet, so there are no difficulty histograms.")
     figures[HIT_RATE] = ("Hit rate", hit_rate_figure(metrics))
+    if run.prompt_record is not None:
+        figures[GRPO_ROUNDS] = ("GRPO prompt curriculum per round", grpo_rounds_figure(run.prompt_record))
     if run.record is not None and len(run.record.training_passes) >= 2:
         listed = None
         if run.record.labels is not None:

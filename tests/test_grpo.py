@@ -277,3 +277,60 @@ def test_a_lora_policy_trains(policy_tokenizer, tmp_path):
                           peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))  # fmt: skip
     ours.train()
     assert len(ours._zpd_curriculum.outcomes) == 3
+
+
+# ---- replay, the Hub and the report ----
+
+
+@pytest.mark.slow
+def test_a_replay_draws_the_recorded_rounds_and_trains_the_same(policy_tokenizer, tmp_path):
+    recorded = trainer(policy_tokenizer, tmp_path, "recorded", max_steps=4)
+    recorded.train()
+    replay = trainer(policy_tokenizer, tmp_path, "replay", max_steps=4, replay_curriculum=str(tmp_path / "recorded"))
+    replay.train()
+    for round, plan in recorded._zpd_curriculum.plans.items():
+        np.testing.assert_array_equal(replay._zpd_curriculum.plans[round].prompts, plan.prompts)
+    for name, value in recorded.model.state_dict().items():
+        assert torch.equal(value, replay.model.state_dict()[name]), name
+    longer = trainer(policy_tokenizer, tmp_path, "longer", max_steps=9, replay_curriculum=str(tmp_path / "recorded"))
+    with pytest.raises(ValueError, match=r"draws round \d+, but the replayed curriculum .* has rounds 0\.\.\d+ only"):
+        longer.train()
+    with pytest.raises(ValueError, match="recorded on 40 prompts"):
+        trainer(policy_tokenizer, tmp_path, "other", dataset=prompts(44), replay_curriculum=str(tmp_path / "recorded"))
+
+
+@pytest.mark.slow
+def test_the_curriculum_goes_to_the_hub_with_a_card_and_comes_back(policy_tokenizer, tmp_path, monkeypatch):
+    from hub_server import HubServer
+    from test_record import point_clients_at
+
+    server = HubServer()
+    try:
+        point_clients_at(server.endpoint, monkeypatch, tmp_path)
+        ours = trainer(policy_tokenizer, tmp_path, max_steps=3)
+        ours.train()
+        ours.push_curriculum_to_hub("tester/grpo-curriculum", license="mit")
+        loaded = PromptRecord.load_from_hub("tester/grpo-curriculum")
+        np.testing.assert_array_equal(loaded.columns["prompt_index"], ours.curriculum.columns["prompt_index"])
+        from huggingface_hub import DatasetCard
+
+        card = DatasetCard.load("tester/grpo-curriculum", repo_type="dataset")
+        assert {"hf_zpd", "grpo"} <= set(card.data.tags) and card.data.license == "mit"
+        assert "zero reward variance" in card.text and "`mixed`" in card.text
+        monkeypatch.delenv("HF_TOKEN")
+        with pytest.raises(PermissionError, match="refused the write"):
+            ours.push_curriculum_to_hub("tester/grpo-no-token")
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_the_report_draws_the_rounds(policy_tokenizer, tmp_path):
+    from hf_zpd.report import GRPO_ROUNDS, write_report
+
+    ours = trainer(policy_tokenizer, tmp_path, max_steps=4)
+    ours.train()
+    ours.save_state()
+    folder = write_report(str(tmp_path / "run"))
+    assert os.path.getsize(os.path.join(folder, GRPO_ROUNDS)) > 0
+    assert f"]({GRPO_ROUNDS})" in open(os.path.join(folder, "report.md")).read()
