@@ -527,8 +527,12 @@ class ZPDTrainerMixin:
         total_samples = full_epochs * self._num_samples + min(extra_steps * samples_per_step, self._num_samples)
         if self.reference_model is not None:
             self.reference_model.to(self.args.device).eval()
+        self._zpd_reference_seconds = None
         reference = self._reference_scores() if self.args.needs_reference else None
         record.reference = reference
+        if self._zpd_reference_seconds is not None:
+            record.settings["reference_seconds"] = self._zpd_reference_seconds
+            self.log({"zpd/reference_seconds": self._zpd_reference_seconds})
         self._zpd_curriculum = self.curriculum_class(
             self.args,
             record,
@@ -570,6 +574,8 @@ class ZPDTrainerMixin:
         model = self.reference_model.to(self.args.device)
         table, seconds = self._run_scoring_pass(model, self._zpd_loader, np.arange(len(dataset), dtype=np.int64))
         logger.info(f"ZPDTrainer: the reference model scored the {len(dataset)} training examples in {seconds:.1f} s.")
+        # Its cost, where the study and the user count compute: a record setting and a logged metric.
+        self._zpd_reference_seconds = seconds
         return table
 
     def _restore_curriculum(self, checkpoint: str, dataset_size: int) -> None:

@@ -187,6 +187,18 @@ def main(out_dir: str) -> None:
         )
         resumed.train(resume_from_checkpoint=os.path.join(out_dir, "tp-full", f"checkpoint-{step}"))
         record["training_pass"]["resumed"][step] = {"digest": digest(resumed.model), "zones": _zones(resumed)}
+    # A reference model's scores of the training set, sharded over the processes at train start.
+    reference = RecordingZPDTrainer(
+        model=tiny_gpt2(len(tokenizer), seed=5),
+        reference_model=tiny_gpt2(len(tokenizer), seed=9),
+        args=arguments(os.path.join(out_dir, "reference"), max_steps=1, difficulty_mode="reducible"),
+        train_dataset=causal_lm_dataset(tokenizer, NUM_EXAMPLES, prompt_tokens=2),
+        data_collator=DataCollatorForSeq2Seq(tokenizer),
+    )
+    reference.seen, reference.tables, reference.first_epoch_inputs = {}, {}, []
+    reference.train()
+    table = reference.curriculum.reference
+    record["reference_table"] = {name: getattr(table, name).tolist() for name in ("loss", "confidence", "entropy")}
     dist.barrier()
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
         json.dump(record, handle)

@@ -14,8 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import build_tokenizer
+from builders import build_tokenizer, causal_lm_dataset, tiny_gpt2
 from multiprocess_worker import NUM_EXAMPLES, RecordingZPDTrainer, arguments, build
+from transformers import DataCollatorForSeq2Seq
+
+from hf_zpd import ZPDTrainer
 
 TESTS = Path(__file__).resolve().parent
 BATCH = 4
@@ -138,3 +141,23 @@ def test_a_uniform_first_epoch_trains_the_plain_trainers_batches_on_every_rank(r
         assert len(rank["plain_first_epoch_inputs"]) == 6
         assert rank["uniform_first_epoch_inputs"] == rank["plain_first_epoch_inputs"]
     assert ranks[0]["plain_first_epoch_inputs"] != ranks[1]["plain_first_epoch_inputs"]
+
+
+def test_a_reference_models_scores_are_the_same_with_one_and_two_processes(ranks, tmp_path):
+    """The reference's pass at train start is sharded over the ranks and gathered: every rank holds the table that
+    one process computes."""
+    tokenizer = build_tokenizer()
+    single = ZPDTrainer(
+        model=tiny_gpt2(len(tokenizer), seed=5),
+        reference_model=tiny_gpt2(len(tokenizer), seed=9),
+        args=arguments(str(tmp_path), max_steps=1, difficulty_mode="reducible"),
+        train_dataset=causal_lm_dataset(tokenizer, NUM_EXAMPLES, prompt_tokens=2),
+        data_collator=DataCollatorForSeq2Seq(tokenizer),
+    )
+    single.train()
+    assert single.args.world_size == 1
+    assert ranks[0]["reference_table"] == ranks[1]["reference_table"]
+    for name in ("loss", "confidence", "entropy"):
+        expected = getattr(single.curriculum.reference, name)
+        assert np.isfinite(expected).all()
+        np.testing.assert_allclose(ranks[0]["reference_table"][name], expected, rtol=0, atol=1e-5, err_msg=name)

@@ -144,6 +144,9 @@ def test_a_reference_model_scores_at_train_start_and_a_resume_reuses_its_scores(
 
     full = run("full")
     assert full.reference_passes == 1 and full.curriculum.reference is not None
+    seconds = [entry["zpd/reference_seconds"] for entry in full.state.log_history if "zpd/reference_seconds" in entry]
+    assert len(seconds) == 1 and seconds[0] > 0, "the reference's cost is logged once"
+    assert full.curriculum.settings["reference_seconds"] == seconds[0], "and kept in the record"
     resumed = run("resumed", resume=str(tmp_path / "full" / "checkpoint-6"))
     assert resumed.reference_passes == 0  # the checkpoint's scores, not a new pass
     np.testing.assert_array_equal(resumed.curriculum.reference.loss, full.curriculum.reference.loss)

@@ -447,7 +447,20 @@ def test_every_logged_metric_is_documented_and_every_documented_one_is_logged(to
     optional.train()
     extra = {key for entry in optional.state.log_history for key in entry if key.startswith("zpd/")} - logged
     assert extra == {"zpd/num_out_of_reach_capped", "zpd/num_pruned", "zpd/prune_rate", "zpd/prune_overflow"}
-    assert logged | extra == documented_metrics()
+    # A classifier's label audit, and a reference model scored at train start.
+    classifier = ZPDTrainer(model=tiny_bert_classifier(len(tokenizer)), args=config(tmp_path, "classifier"),
+                            train_dataset=classification_dataset(tokenizer, 40),
+                            data_collator=DataCollatorWithPadding(tokenizer))  # fmt: skip
+    classifier.train()
+    reference = ZPDTrainer(model=tiny_gpt2(len(tokenizer), seed=1), reference_model=tiny_gpt2(len(tokenizer), seed=9),
+                           args=config(tmp_path, "reference", difficulty_mode="reducible", max_steps=1),
+                           train_dataset=causal_lm_dataset(tokenizer, 16, prompt_tokens=2),
+                           data_collator=DataCollatorForSeq2Seq(tokenizer))  # fmt: skip
+    reference.train()
+    more = {key for run in (classifier, reference) for entry in run.state.log_history for key in entry
+            if key.startswith("zpd/")} - logged - extra  # fmt: skip
+    assert more == {"zpd/num_label_errors", "zpd/band_label_error_share", "zpd/reference_seconds"}
+    assert logged | extra | more == documented_metrics()
     for entry in trainer.state.log_history:
         if "loss" in entry:
             assert math.isfinite(entry["zpd/running_ppl"]) and entry["zpd/running_ppl"] > 1
