@@ -35,6 +35,7 @@ was scored for the epoch or drawn in it):
 | `ppl` | float64 | the pool's perplexity exp(mean loss), for the epoch |
 | `running_ppl` | float64 | the running training perplexity when the epoch was planned |
 | `reference_loss` | float64 | a reference model's loss on the example (only in the records of runs that used one) |
+| `probabilities` | list of float64 | a classifier's class probabilities at the scoring pass behind the epoch (at most 128 classes) |
 | `train_loss`, `train_confidence`, `train_entropy` | float64 | the example's statistics in the epoch's training pass: when the epoch last drew it, before the optimizer step that trained on it (train mode); null where the epoch did not draw it |
 | `train_num_tokens`, `train_step` | int64 | that training pass's supervised positions and global step (null where none) |
 | `train_probabilities` | list of float64 | a classifier's class probabilities in that training pass (classifiers with at most 128 classes only) |
@@ -260,6 +261,8 @@ class CurriculumRecord:
             else:
                 columns["difficulty"] = np.exp(log_difficulty(example_competence, table.vocab_size))[rows]
             columns["num_tokens"] = table.num_tokens[rows]
+            if table.probabilities is not None:  # the label audit's list of a later epoch reads them (resume)
+                columns["probabilities"] = table.probabilities[rows]
         columns["scored_at"] = np.full(rows.size, np.nan if draw.scored_at is None else draw.scored_at)
         band = np.full((rows.size, 3), np.nan)
         for label, edges in draw.bands.items():
@@ -286,6 +289,12 @@ class CurriculumRecord:
         if parts:
             shared = [name for name in parts[0] if not name.startswith("train_")]
             columns = {name: np.concatenate([part[name] for part in parts]) for name in shared}
+            widths = {part["probabilities"].shape[1] for part in parts if "probabilities" in part}
+            if widths:  # a classifier's scoring passes: null in epochs without one
+                width = widths.pop()
+                columns["probabilities"] = np.concatenate(
+                    [part.get("probabilities", np.full((part["index"].size, width), np.nan)) for part in parts]
+                )
             if any("train_step" in part for part in parts):  # epochs without training passes (replayed) get nulls
                 for name in _TRAINING_PASS_COLUMNS:
                     columns[name] = np.concatenate(
@@ -323,17 +332,14 @@ class CurriculumRecord:
             arrays[name] = pa.array(columns[name], pa.float64())
         if "reference_loss" in columns:
             arrays["reference_loss"] = pa.array(columns["reference_loss"], pa.float64())
+        if "probabilities" in columns:
+            arrays["probabilities"] = _list_column(columns["probabilities"])
         if "train_step" in columns:
             for name in _TRAINING_PASS_COLUMNS:
                 integer = name in ("train_num_tokens", "train_step")
                 arrays[name] = _nullable_int(columns[name]) if integer else pa.array(columns[name], pa.float64())
             if "train_probabilities" in columns:
-                probabilities = columns["train_probabilities"]
-                missing = np.isnan(probabilities).all(axis=1)
-                arrays["train_probabilities"] = pa.array(
-                    [None if gone else row.tolist() for gone, row in zip(missing, probabilities, strict=True)],
-                    pa.list_(pa.float64()),
-                )
+                arrays["train_probabilities"] = _list_column(columns["train_probabilities"])
         table = pa.table(arrays)
         return table.replace_schema_metadata({METADATA_KEY: json.dumps(self._metadata()).encode()})
 
@@ -426,7 +432,7 @@ class CurriculumRecord:
             raise IndexError(f"dataset indices outside [0, {size})")
         flags = {name: column(name).astype(bool) for name in _FLAGS}
         counts = {name: column(name).astype(np.int64) for name in _COUNTS}
-        history = _history_from_rows(column, epoch, index, size, metadata["vocab_size"])
+        history = _history_from_rows(column, epoch, index, size, metadata["vocab_size"], table)
         labels = None
         if "label" in table.column_names:
             label = column("label")
@@ -706,7 +712,9 @@ def _column_reader(table: pa.Table, required: Sequence[str]) -> Callable[[str], 
     return column
 
 
-def _history_from_rows(column, epoch: np.ndarray, index: np.ndarray, size: int, vocab_sizes: dict) -> ScoreHistory:
+def _history_from_rows(
+    column, epoch: np.ndarray, index: np.ndarray, size: int, vocab_sizes: dict, table: pa.Table | None = None
+) -> ScoreHistory:
     """The scoring passes, rebuilt from the rows of the first epoch that names each one in `scored_at`."""
     scored_at = column("scored_at").astype(np.float64)
     num_tokens = column("num_tokens").astype(np.float64)
@@ -724,9 +732,32 @@ def _history_from_rows(column, epoch: np.ndarray, index: np.ndarray, size: int, 
         for name in _STATISTICS:
             getattr(scores, name)[index[rows]] = statistics[name][rows]
         scores.num_tokens[index[rows]] = num_tokens[rows]
+        if table is not None:
+            scores.probabilities = _probabilities_at(table, "probabilities", rows, index, size)
         history.tables[boundary] = scores
     history.tables = dict(sorted(history.tables.items()))
     return history
+
+
+def _list_column(values: np.ndarray) -> pa.Array:
+    """Rows of class probabilities as a list column, null where a row is NaN (not measured)."""
+    missing = np.isnan(values).all(axis=1)
+    return pa.array([None if gone else row.tolist() for gone, row in zip(missing, values, strict=True)],
+                    pa.list_(pa.float64()))  # fmt: skip
+
+
+def _probabilities_at(table: pa.Table, name: str, rows: np.ndarray, index: np.ndarray, size: int) -> np.ndarray | None:
+    """The list column `name`'s rows `rows` scattered to `index` in an (size, K) array; `None` without any."""
+    if name not in table.column_names:
+        return None
+    values = table.column(name).to_pylist()
+    found = [(index[row], values[row]) for row in np.flatnonzero(rows) if values[row] is not None]
+    if not found:
+        return None
+    scattered = np.full((size, len(found[0][1])), np.nan)
+    for position, row in found:
+        scattered[position] = row
+    return scattered
 
 
 def _training_passes_from_rows(
@@ -734,9 +765,6 @@ def _training_passes_from_rows(
 ) -> dict[int, tuple[ScoreTable, np.ndarray]]:
     """epoch -> (its training passes' table, the global step of each row), from the `train_*` columns."""
     steps = column("train_step").astype(np.float64)
-    probabilities = None
-    if "train_probabilities" in table.column_names:
-        probabilities = table.column("train_probabilities").to_pylist()
     passes = {}
     for value in np.unique(epoch[~np.isnan(steps)]).tolist():
         rows = np.flatnonzero((epoch == value) & ~np.isnan(steps))
@@ -745,12 +773,9 @@ def _training_passes_from_rows(
             getattr(scores, name)[index[rows]] = column(f"train_{name}")[rows]
         step = np.full(size, np.nan)
         step[index[rows]] = steps[rows]
-        if probabilities is not None:
-            found = [(index[row], probabilities[row]) for row in rows if probabilities[row] is not None]
-            if found:
-                scores.probabilities = np.full((size, len(found[0][1])), np.nan)
-                for position, values in found:
-                    scores.probabilities[position] = values
+        mask = np.zeros(epoch.size, dtype=bool)
+        mask[rows] = True
+        scores.probabilities = _probabilities_at(table, "train_probabilities", mask, index, size)
         passes[int(value)] = (scores, step)
     return passes
 

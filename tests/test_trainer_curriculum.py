@@ -608,6 +608,40 @@ def test_resume_from_any_checkpoint_is_bitwise_identical(tokenizer, tmp_path, se
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "setting", [dict(rescore_every=2, num_train_epochs=4), dict(score_source="training_pass", num_train_epochs=4)]
+)
+def test_a_classifier_with_the_label_audit_resumes_bitwise(tokenizer, tmp_path, setting):
+    """The audit's list is drawn from class probabilities: a resumed epoch composed from scores the record kept (a
+    later recomposition, or the training passes laid over an earlier pass) must see the same probabilities."""
+    dataset = classification_dataset(tokenizer, 48)
+    labels = np.array(dataset["label"])
+    labels[::3] = (labels[::3] + 1) % 3  # a third of the labels wrong: the audit lists examples
+    dataset = dataset.remove_columns("label").add_column("label", labels.tolist())
+
+    def classifier(name):
+        return ZPDTrainer(model=tiny_bert_classifier(len(tokenizer)), train_dataset=dataset,
+                          args=config(tmp_path, name, save_strategy="steps", save_steps=3, **setting),
+                          data_collator=DataCollatorWithPadding(tokenizer))  # fmt: skip
+
+    full = classifier("full")
+    full.train()
+    listed = [d.metrics.get("zpd/num_label_errors", 0) for d in full.curriculum.epochs.values()]
+    assert max(listed) > 0, "the audit listed examples, so it shaped the draws"
+    checkpoints = sorted((tmp_path / "full").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    for checkpoint in checkpoints[:-1]:
+        resumed = classifier(f"resumed-{checkpoint.name}")
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+        for epoch, draw in full.curriculum.epochs.items():
+            got = resumed.curriculum.epochs[epoch]
+            np.testing.assert_array_equal(got.counts, draw.counts, err_msg=checkpoint.name)
+            np.testing.assert_array_equal(got.out_of_reach, draw.out_of_reach, err_msg=checkpoint.name)
+            timeless = {k: v for k, v in draw.metrics.items() if k != "zpd/scoring_seconds"}
+            assert {k: v for k, v in got.metrics.items() if k != "zpd/scoring_seconds"} == timeless, checkpoint.name
+        assert_bitwise_equal(final_weights(resumed.model), final_weights(full.model))
+
+
+@pytest.mark.slow
 def test_same_seed_same_run(tokenizer, tmp_path):
     first = gpt2_trainer(tokenizer, config(tmp_path, "first"))
     first.train()
