@@ -61,7 +61,8 @@ DIFFICULTY_HISTOGRAMS = "difficulty_histograms.png"
 HIT_RATE = "hit_rate.png"
 DATA_MAP = "data_map.png"
 GRPO_ROUNDS = "grpo_rounds.png"
-PLOT_NAMES = (LEARNING_CURVE, PPL_BAND, EPOCH_DRAWS, DIFFICULTY_HISTOGRAMS, HIT_RATE, DATA_MAP, GRPO_ROUNDS)
+PLOT_NAMES = (LEARNING_CURVE, PPL_BAND, EPOCH_DRAWS, DIFFICULTY_HISTOGRAMS, HIT_RATE, DATA_MAP)  # a ZPDTrainer run's
+ALL_PLOT_NAMES = (*PLOT_NAMES, GRPO_ROUNDS)  # a ZPDGRPOTrainer run adds its rounds' plot
 # Beyond this many scored epochs the histogram grid becomes unreadable: evenly spaced epochs are drawn instead.
 MAX_HISTOGRAM_PANELS = 12
 DPI = 100
@@ -707,7 +708,7 @@ def write_report(run_dir: str | os.PathLike, output_dir: str | os.PathLike | Non
         if figure is not None:
             atomic_write_bytes(os.path.join(output_dir, name), _png(figure))
             written[name] = caption
-    for name in PLOT_NAMES:
+    for name in ALL_PLOT_NAMES:
         stale = os.path.join(output_dir, name)
         if name not in written and os.path.isfile(stale):
             os.remove(stale)

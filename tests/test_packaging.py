@@ -29,7 +29,7 @@ def test_wheel_ships_the_card_templates_as_hf_zpd_templates(tmp_path):
     (wheel,) = wheels.glob("hf_zpd-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     templates = {path.name for path in (ROOT / "model_cards" / "templates").glob("*.md")}
-    assert templates == {"curriculum_card.md", "model_card.md"}
+    assert templates == {"curriculum_card.md", "grpo_curriculum_card.md", "model_card.md"}
     assert {f"hf_zpd/templates/{name}" for name in templates} <= names
     # The rendered example cards are documentation, not package data.
     assert not any(name.startswith("model_cards/") or name.endswith("README.md") for name in names)
