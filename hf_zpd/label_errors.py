@@ -246,8 +246,8 @@ def _cleanlab_filter():
         import cleanlab.filter
     except ImportError as error:
         raise ImportError(
-            "method='confident_learning' uses cleanlab, which is not installed: `pip install cleanlab` (hf_zpd is "
-            "tested with cleanlab 2.9)."
+            "method='confident_learning' uses cleanlab, which is not installed: `pip install 'hf_zpd[audit]'` "
+            "(cleanlab 2.9.0, the version hf_zpd is tested with), or `pip install cleanlab`."
         ) from error
     return cleanlab.filter
 
