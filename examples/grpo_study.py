@@ -235,6 +235,22 @@ def prediction_aucs(options, task: str, arm: str) -> dict[str, tuple]:
     return {key: (mean_sd([a for a, _ in values]), mean_sd([b for _, b in values])) for key, values in found.items()}
 
 
+def sweep_section(rows: list[dict]) -> list[str]:
+    """The precondition: the plain GRPOTrainer learns on each task, stably, at every learning rate of the sweep."""
+    if not rows:
+        return []
+    lines = ["## The precondition: the plain GRPOTrainer's learning-rate sweep", "",
+             "Each line of `sweep/runs.jsonl` (400 steps of 16 prompts x 8 completions; pass@1 at the warm start and "
+             "at the end, greedy accuracy, TRL's `frac_reward_zero_std` averaged over the steps):", "",
+             "| task | run | pass@1 start → end | greedy start → end | zero-variance share | tokens |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for row in sorted(rows, key=lambda r: (r["task"], r["file"])):
+        lines.append(f"| {row['task']} | {row['file'].removesuffix('.json')} | {row['pass@1'][0]:.3f} → "
+                     f"{row['pass@1'][-1]:.3f} | {row['greedy'][0]:.3f} → {row['greedy'][-1]:.3f} | "
+                     f"{row['frac_reward_zero_std_mean']:.3f} | {row['tokens'][-1]:,} |")  # fmt: skip
+    return lines + [""]
+
+
 def write_report(options) -> str:
     from matplotlib.figure import Figure
 
@@ -247,9 +263,10 @@ def write_report(options) -> str:
              "the zero-variance filter's extra generations included). Arms are compared at matched tokens: the "
              "plain trainer's final pass@1 is the target, and `tokens to target` is where each arm's curve first "
              "reaches it (interpolated between evaluations every 50 steps).", ""]  # fmt: skip
+    lines += sweep_section(read_runs(os.path.join(options.output_dir, "sweep", "runs.jsonl")))
     csv_rows = []
     for task in sorted(os.listdir(options.output_dir)):
-        runs = read_runs(os.path.join(options.output_dir, task, "runs.jsonl"))
+        runs = [run for run in read_runs(os.path.join(options.output_dir, task, "runs.jsonl")) if "arm" in run]
         if not runs:
             continue
         arms = list(dict.fromkeys(run["arm"] for run in runs))
@@ -259,8 +276,9 @@ def write_report(options) -> str:
         lines += [f"## {task}", "", f"Target: the plain trainer's final pass@1, {target:.3f}, after {budget:,.0f} "
                   "generated tokens (mean over its seeds).", "",
                   "| arm | final pass@1 | final greedy | tokens | tokens to target (share of uniform's) | pass@1 at "
-                  "half of uniform's tokens | zero-variance share | mastered at start: final pass rate |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "half of uniform's tokens | zero-variance share | mastered at start: final pass rate | seconds "
+                  "(training) |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         figure = Figure(figsize=(8, 5), layout="constrained")
         axes = figure.subplots()
         for arm in arms:
@@ -276,13 +294,14 @@ def write_report(options) -> str:
                 "pass@1_at_half_tokens": mean_sd([interpolate_at_tokens(c, budget / 2) for c in curves]),
                 "zero_variance_share": mean_sd([zero_variance_share(c) for c in curves]),
                 "mastered_at_start": mean_sd([mastered_at_start_accuracy(c) for c in curves]),
+                "seconds": mean_sd([c["seconds"] - c.get("eval_seconds", 0.0) for c in curves]),
             }  # fmt: skip
             reached = sum(math.isfinite(v) for v in to_target)
             lines.append(
                 f"| {arm} | {fmt(row['final_pass@1'])} | {fmt(row['final_greedy'])} | {fmt(row['tokens'], 0)} | "
                 f"{fmt(row['tokens_to_target_share'])} [{reached} of {len(curves)} reached it] | "
                 f"{fmt(row['pass@1_at_half_tokens'])} | {fmt(row['zero_variance_share'])} | "
-                f"{fmt(row['mastered_at_start'])} |"
+                f"{fmt(row['mastered_at_start'])} | {fmt(row['seconds'], 0)} |"
             )
             csv_rows.append({k: (v[0] if isinstance(v, tuple) else v) for k, v in row.items()})
             tokens = np.asarray(curves[0]["tokens"], float)

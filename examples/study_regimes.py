@@ -25,12 +25,19 @@ REGIME_TITLES = {
     "austen_budget": "Budget over a large pool: causal LM, SmolLM2-135M + LoRA on Jane Austen (a pool of 1,600, 48 steps of 8)",
     "tweets_noise40": "Heavy noise: tweets, 40% of the training labels flipped (MiniLM, 1,600 train, 3 epochs)",
     "bible_noise40": "Heavy noise: King James verses, 40% of the training labels flipped (MiniLM, 1,600 train, 3 epochs)",
+    "tweets_noise20": "Mild noise: tweets, 20% of the training labels flipped (MiniLM, 1,600 train, 3 epochs)",
+    "bible_noise20": "Mild noise: King James verses, 20% of the training labels flipped (MiniLM, 1,600 train, 3 epochs)",
+    "bible_clean": "Guard rail: King James verses, clean labels (MiniLM, 1,600 train, 3 epochs)",
     "tweets_annotator": "Real annotator noise: tweets as the corpus has them, evaluated on tweets every annotator agreed on",
 }  # fmt: skip
 REGIME_OF = {
     "tweets_clean": "clean", "tweets_budget": "budget", "bible_budget": "budget", "austen_budget": "budget",
     "tweets_noise40": "noise", "bible_noise40": "noise", "tweets_annotator": "annotator",
+    "tweets_noise20": "noise", "bible_noise20": "noise", "bible_clean": "clean",
 }  # fmt: skip
+# The default arm of each hf_zpd version in these runs: 0.4's default moves the label audit's list out of the zone
+# (`exclude_label_errors=True`); 0.3's did not. In a budget under one pass the defaults are the plain Trainer.
+DEFAULT_ARM, PREVIOUS_DEFAULT_ARM = "zpd-audit", "zpd"
 
 
 def final(run: dict, task: str) -> float:
@@ -272,25 +279,52 @@ def curves(task: str, arms: dict[str, list[dict]], uniform_mean: float) -> Figur
 
 
 def summary_table(summaries: dict[str, dict]) -> list[str]:
-    """One row per task: the tuned uniform Trainer, the default (`zpd`) and its random control, the limit, and the
-    best other curriculum arm, each as mean ± std over its seeds (and the number of seeds)."""
-    lines = ["Every task at a glance (final metric, mean ± std (seeds); the gaps are `zpd`'s: the defaults, with the budget "
-             "mode on in the budget tasks):", "",
-             "| task | uniform (tuned) | default `zpd` | vs uniform | random control | vs random | limit | best other arm |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    """One row per task: the tuned uniform Trainer, 0.4's default (`zpd-audit`) and its random control, 0.3's default
+    (`zpd`), the limit, each as mean ± std over its seeds (and the number of seeds)."""
+    lines = ["Every task at a glance (final metric, mean ± std (seeds); gaps in the task's unit; in the budget tasks "
+             "`zpd` is the budget mode, opt-in: the defaults leave a budget under one pass to the plain Trainer):", "",
+             f"| task | uniform (tuned) | 0.4 default `{DEFAULT_ARM}` | vs uniform | its random control | vs random "
+             f"| 0.3 default `{PREVIOUS_DEFAULT_ARM}` | vs uniform | limit |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
 
     def cell(entry):
         return "—" if entry is None else f"{entry['mean']:.4f} ± {entry['std']:.4f} ({entry['seeds']})"
 
+    def versus(task, entry, other):
+        return points(task, gain(task, entry["mean"], other["mean"])) if entry and other else "—"
+
     for task, summary in summaries.items():
-        uniform, ours, control = summary.get("uniform"), summary.get("zpd"), summary.get("random")
-        others = {arm: entry for arm, entry in summary.items() if arm.startswith("zpd-")}
-        best = max(others, key=lambda arm: gain(task, others[arm]["mean"], 0.0), default=None)
+        uniform, ours, previous = summary.get("uniform"), summary.get(DEFAULT_ARM), summary.get(PREVIOUS_DEFAULT_ARM)
         lines.append(
-            f"| {task} | {cell(uniform)} | {cell(ours)} | "
-            f"{points(task, gain(task, ours['mean'], uniform['mean'])) if ours and uniform else '—'} | {cell(control)} | "
+            f"| {task} | {cell(uniform)} | {cell(ours)} | {versus(task, ours, uniform)} | "
+            f"{cell(summary.get(control_of(DEFAULT_ARM)))} | "
             f"{points(task, ours['vs_control']) if ours and ours['vs_control'] is not None else '—'} | "
-            f"{cell(summary.get('limit'))} | "
-            f"{'—' if best is None else f'`{best}` ' + cell(others[best])} |"
+            f"{cell(previous)} | {versus(task, previous, uniform)} | {cell(summary.get('limit'))} |"
+        )
+    return lines + [""]
+
+
+def no_harm_table(summaries: dict[str, dict]) -> list[str]:
+    """The no-harm target, task by task: 0.4's default at least the tuned uniform Trainer minus the seed spread (the
+    larger of the two arms' standard deviations), with 0.3's default beside it. Seeds are paired where both ran."""
+    lines = [f"No harm by default: `{DEFAULT_ARM}` (hf_zpd 0.4's defaults) against the tuned uniform Trainer, target "
+             "at least uniform minus the seed spread; 0.3's default beside it:", "",
+             "| task | regime | seeds | uniform | 0.4 default | gap | spread | target | 0.3 default | gap |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    def cell(entry):
+        return f"{entry['mean']:.4f} ({entry['seeds']})"
+
+    for task, summary in summaries.items():
+        uniform, ours, previous = summary.get("uniform"), summary.get(DEFAULT_ARM), summary.get(PREVIOUS_DEFAULT_ARM)
+        if REGIME_OF.get(task) == "budget" or uniform is None or ours is None:
+            continue
+        delta = gain(task, ours["mean"], uniform["mean"])
+        spread = max(uniform["std"], ours["std"])
+        lines.append(
+            f"| {task} | {REGIME_OF[task]} | {ours['seeds']} (uniform {uniform['seeds']}) | {uniform['mean']:.4f} | "
+            f"{ours['mean']:.4f} | {points(task, delta)} | {points(task, spread)} | "
+            f"{'met' if delta >= -spread else 'MISSED'} | "
+            f"{'—' if previous is None else cell(previous)} | "
+            f"{'—' if previous is None else points(task, gain(task, previous['mean'], uniform['mean']))} |"
         )
     return lines + [""]

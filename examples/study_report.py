@@ -400,7 +400,10 @@ def write_report(output_dir: str) -> str:
         if not any(run["arm"] == "uniform" for run in runs):
             continue
         _, tuned = sweep(runs, task)
-        task_lines, regime_summaries[task], figure = study_regimes.regime_report(task, runs, tuned, "zpd")
+        default_arm = study_regimes.DEFAULT_ARM
+        if not any(run["arm"] == default_arm for run in runs):
+            default_arm = study_regimes.PREVIOUS_DEFAULT_ARM
+        task_lines, regime_summaries[task], figure = study_regimes.regime_report(task, runs, tuned, default_arm)
         atomic_write_bytes(os.path.join(output_dir, f"{task}.png"), png(figure))
         regime_sections += task_lines + [f"![{task}]({task}.png)", ""]
         for run in runs:
@@ -416,7 +419,8 @@ def write_report(output_dir: str) -> str:
             study_regimes.__doc__.split("\n\n", 1)[1].strip(),
             "",
         ]
-        lines += study_regimes.summary_table(regime_summaries) + regime_sections
+        lines += study_regimes.summary_table(regime_summaries) + study_regimes.no_harm_table(regime_summaries)
+        lines += regime_sections
         lines += ["# The first study (hf_zpd 0.2's composition, 640 tweets, 3 epochs)", ""]
     for task in TASK_TITLES:
         path = os.path.join(output_dir, task, "runs.jsonl")

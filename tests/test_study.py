@@ -163,3 +163,25 @@ def test_a_reference_arm_trains_its_reference_once_and_counts_its_compute(tmp_pa
     options = argparse.Namespace(train_size=48, eval_size=16, kjv_dir=None)
     rows = study.classification_rows(study.TASKS["tweets_noise40"], 0, options)
     assert not set(rows["reference"][0]) & (set(rows["train"][0]) | set(rows["eval"][0]))  # other rows
+
+
+def test_the_no_harm_table_checks_the_default_against_uniform_minus_the_spread():
+    """Met when 0.4's default is at least uniform minus the larger of the two seed spreads; budget tasks (where the
+    defaults are the plain Trainer) and tasks without both arms are left out."""
+    load("study_report")
+    regimes = load("study_regimes")
+
+    def entry(mean, std, seeds=3):
+        return {"mean": mean, "std": std, "seeds": seeds, "vs_control": None, "finals": []}
+
+    summaries = {
+        "tweets_noise40": {"uniform": entry(0.66, 0.01), "zpd-audit": entry(0.645, 0.02), "zpd": entry(0.62, 0.02)},
+        "bible_noise20": {"uniform": entry(0.60, 0.01), "zpd-audit": entry(0.58, 0.005)},
+        "tweets_budget": {"uniform": entry(0.73, 0.02), "zpd-audit": entry(0.60, 0.01)},
+        "tweets_clean": {"uniform": entry(0.73, 0.02), "zpd": entry(0.74, 0.01)},
+    }
+    rows = [line for line in regimes.no_harm_table(summaries) if line.startswith("| tweets") or line.startswith("| bible")]
+    assert len(rows) == 2
+    assert rows[0].startswith("| tweets_noise40 |") and "| met |" in rows[0] and "-1.50 points" in rows[0]
+    assert "-4.00 points" in rows[0]  # 0.3's default beside it
+    assert rows[1].startswith("| bible_noise20 |") and "| MISSED |" in rows[1] and "-2.00 points" in rows[1]

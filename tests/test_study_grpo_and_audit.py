@@ -35,6 +35,14 @@ def test_forgetting_is_measured_on_the_prompts_mastered_at_the_start(grpo_study)
     assert grpo_study.mastered_at_start_accuracy(curves) == pytest.approx(0.8)
 
 
+def test_the_sweep_section_shows_each_runs_start_and_end(grpo_study):
+    row = {"task": "add", "file": "addb_lr1e-4_s0.json", "pass@1": [0.344, 0.5, 0.53], "greedy": [0.37, 0.5, 0.556],
+           "frac_reward_zero_std_mean": 0.728, "tokens": [0, 1000, 197661]}  # fmt: skip
+    lines = grpo_study.sweep_section([row])
+    assert "| add | addb_lr1e-4_s0 | 0.344 → 0.530 | 0.370 → 0.556 | 0.728 | 197,661 |" in lines
+    assert grpo_study.sweep_section([]) == []
+
+
 def test_the_tasks_answers_and_rewards(grpo_tasks):
     tokenizer = grpo_tasks.build_tokenizer()
     text = "kqzv>vzqk"
