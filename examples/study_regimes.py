@@ -311,6 +311,7 @@ def no_harm_table(summaries: dict[str, dict]) -> list[str]:
              "at least uniform minus the seed spread; 0.3's default beside it:", "",
              "| task | regime | seeds | uniform | 0.4 default | gap | spread | target | 0.3 default | gap |",
              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+
     def cell(entry):
         return f"{entry['mean']:.4f} ({entry['seeds']})"
 

@@ -180,7 +180,9 @@ def test_the_no_harm_table_checks_the_default_against_uniform_minus_the_spread()
         "tweets_budget": {"uniform": entry(0.73, 0.02), "zpd-audit": entry(0.60, 0.01)},
         "tweets_clean": {"uniform": entry(0.73, 0.02), "zpd": entry(0.74, 0.01)},
     }
-    rows = [line for line in regimes.no_harm_table(summaries) if line.startswith("| tweets") or line.startswith("| bible")]
+    rows = [
+        line for line in regimes.no_harm_table(summaries) if line.startswith("| tweets") or line.startswith("| bible")
+    ]
     assert len(rows) == 2
     assert rows[0].startswith("| tweets_noise40 |") and "| met |" in rows[0] and "-1.50 points" in rows[0]
     assert "-4.00 points" in rows[0]  # 0.3's default beside it
