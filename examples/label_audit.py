@@ -182,7 +182,13 @@ def write_report(options) -> str:
     lines = ["# The label audit against flipped labels", "",
              "Every number from `audit.csv`; regenerate with `.venv/bin/python examples/label_audit.py --report`. "
              "Means ± sample standard deviation over seeds (count in brackets). `trainings`: the compute of each "
-             "method in trainings of the task's recipe.", ""]  # fmt: skip
+             "method in trainings of the task's recipe. The methods: `run` (the run's audit, hf_zpd's default), "
+             "`run_first_epoch` (epoch 1's training passes alone), `cleanlab_run` and `cleanlab_first_epoch` "
+             "(cleanlab's `find_label_issues` on those probabilities), `cleanlab_cv` (cleanlab on 5-fold "
+             "out-of-sample probabilities). `*_at_cv_size`: the ranking cut at the size of cleanlab_cv's list.", ""]  # fmt: skip
+    command = os.path.join(options.output_dir, "command.txt")
+    if os.path.isfile(command):
+        lines += ["Commands (from the repository root):", "", "```bash", open(command).read().strip(), "```", ""]
     metrics = ("auc", "list_size", "list_precision", "list_recall", "precision_at_cv_size", "recall_at_cv_size")
     for task in NOISY_TASKS:
         mine = [row for row in rows if row["task"] == task]

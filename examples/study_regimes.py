@@ -323,7 +323,7 @@ def no_harm_table(summaries: dict[str, dict]) -> list[str]:
         spread = max(uniform["std"], ours["std"])
         lines.append(
             f"| {task} | {REGIME_OF[task]} | {ours['seeds']} (uniform {uniform['seeds']}) | {uniform['mean']:.4f} | "
-            f"{ours['mean']:.4f} | {points(task, delta)} | {points(task, spread)} | "
+            f"{ours['mean']:.4f} | {points(task, delta)} | {points(task, spread).lstrip('+')} | "
             f"{'met' if delta >= -spread else 'MISSED'} | "
             f"{'—' if previous is None else cell(previous)} | "
             f"{'—' if previous is None else points(task, gain(task, previous['mean'], uniform['mean']))} |"
