@@ -459,7 +459,8 @@ class Curriculum:
             self._warned_label_errors = True
             logger.warning(
                 f"Epoch {epoch}: {share:.0%} of the examples in the ZPD band are on the label audit's list (the model "
-                "predicts another class than their label), so the zone is dominated by likely label errors. They are "
+                "predicts another class than their label), so the zone is dominated by likely label errors (on clean data: "
+                "by the examples it has not learnt yet, the hardest ones). They are "
                 "not repeated: the zone keeps the rest, and the epoch is near the plain Trainer's draw "
                 f"({int(listed.sum())} examples listed in the pool). hf_zpd.likely_label_errors(trainer.curriculum) "
                 "ranks them for a person to check; exclude_label_errors=False repeats them."
