@@ -132,7 +132,9 @@ class _Handler(BaseHTTPRequestHandler):
                 match = re.fullmatch(pattern, path)
                 if match and method in methods:
                     return handler(self, match, query, method)
-        self._error(404, f"hub_server: no route for {method} {path}")
+        # A HEAD response has no body; writing one would corrupt the next response on a kept-alive connection
+        # (TRL's telemetry sends HEAD /api/telemetry/... from a thread while the push runs).
+        self._error(404, f"hub_server: no route for {method} {path}", head=method == "HEAD")
 
     def _repo(self, match, head=False) -> Repo | None:
         kind = {"models": "model", "datasets": "dataset", "spaces": "space", None: "model"}[
