@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import math
 import os
 import sys
@@ -41,6 +40,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from study_report import append_run, read_runs  # noqa: E402  examples/study_report.py: the runs-file helpers
 
 RESULTS = os.path.join("examples", "results", "grpo")
 ORACLE_REFRESH = 10  # rounds between two refreshes of the oracle's true pass rates
@@ -149,21 +149,6 @@ def run_one(task_name: str, arm: str, seed: int, options) -> dict:
                       max_steps=options.max_steps, trainer_class=trainer_class, config_class=config_class,
                       after_training=keep_record, verbose=False, **ARMS[arm])  # fmt: skip
     return {"task": task_name, "arm": arm, "seed": seed, "learning_rate": options.learning_rate, "curves": curves}
-
-
-def read_runs(path: str) -> list[dict]:
-    if not os.path.isfile(path):
-        return []
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
-def append_run(path: str, run: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a") as handle:
-        handle.write(json.dumps(run) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 # ---- the report ----

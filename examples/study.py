@@ -75,6 +75,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from study_report import append_run, read_runs  # examples/study_report.py: the runs-file helpers
 
 RESULTS = os.path.join("examples", "results", "study")
 
@@ -679,21 +680,6 @@ def describe_epochs(record, labels, wrong) -> list[dict]:
 
 
 # ---- the study ----
-
-
-def read_runs(path: str) -> list[dict]:
-    if not os.path.isfile(path):
-        return []
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
-def append_run(path: str, run: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a") as handle:  # one line per run: a killed study loses at most the run in progress
-        handle.write(json.dumps(run) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def tuned_rate(runs: list[dict], task: str) -> float | None:

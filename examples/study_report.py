@@ -52,8 +52,20 @@ COLOURS = {"uniform": "black", "literal": "tab:red", "zpd": "tab:blue", "random"
 
 
 def read_runs(path: str) -> list[dict]:
+    """Every run of a runs file (one JSON object per line); none for a file not written yet."""
+    if not os.path.isfile(path):
+        return []
     with open(path) as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+def append_run(path: str, run: dict) -> None:
+    """Adds one run to a runs file, synced: a killed study loses at most the run in progress."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(run) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def lower_is_better(task: str) -> bool:
