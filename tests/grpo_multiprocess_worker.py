@@ -98,6 +98,10 @@ def main(out_dir: str) -> None:
     record["resumed_plans"] = {str(r): p.prompts.tolist() for r, p in sorted(resumed._zpd_curriculum.plans.items())}
     with open(os.path.join(out_dir, f"rank{dist.get_rank()}.json"), "w") as handle:
         json.dump(record, handle)
+    # Tear the gloo group down before the interpreter exits: left to the exit handlers, its threads were once still
+    # joinable when their destructors ran and the process aborted ("terminate called without an active exception").
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
