@@ -33,7 +33,9 @@ pilot ran, spelled out so that an arm keeps its meaning when the defaults change
 `pacing="rising"`, `zpd-easy` `composition="easy_first"`, `zpd-k1` / `zpd-k3` `zone_repeats`, `zpd-loss`
 `difficulty_mode="loss"`, `zpd-whole` whole-pass epochs (`epoch_fraction=1.0`), `zpd-reference`
 `out_of_reach="reference"`, `zpd-reducible` `difficulty_mode="reducible"`, `zpd-prune` `prune_fraction=0.5`, `zpd-audit`
-`exclude_label_errors=True` (hf_zpd 0.4's default: the label audit's list is out of reach). `random-...`
+`exclude_label_errors=True` (hf_zpd 0.4's default: the label audit's list is out of reach), `zpd-ufill`
+`fill="uniform"` (the rest of the epoch drawn uniformly instead of nearest the band first), `zpd-anyfill`
+`out_of_reach_in_fill="anywhere"` (out-of-reach examples only stay out of the zone). `random-...`
 is the random control of the same settings: the same composition, with the scores permuted across each class, so
 that only which examples get the draws is random. The arms of the first study (`literal_*`, `zpd_loss`,
 `zpd_composite`, `random_*`, `*_60`, `pilot_*`) are kept by name.
@@ -161,6 +163,8 @@ FEATURES = {
     "reducible": {"difficulty_mode": "reducible"},
     "prune": {"prune_fraction": 0.5},
     "audit": {"exclude_label_errors": True},
+    "ufill": {"fill": "uniform"},
+    "anyfill": {"out_of_reach_in_fill": "anywhere"},
 }
 # A `zpd` arm's settings before its features change them: the package's defaults when the regimes' pilot ran.
 PILOT_BASE = {"out_of_reach": "learnability_guard", "zone_repeats": 2, "pacing": "fixed",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .alignment import LABEL_ALIGNMENTS
-from .selection import COMPOSITIONS, FILL_RULES, CompositionPolicy
+from .selection import COMPOSITIONS, FILL_RULES, OUT_OF_REACH_FILL_PLACES, CompositionPolicy
 from .statistics import COMPOSITE_WEIGHTS, LOSS_ONLY_WEIGHTS
 
 DIFFICULTY_MODES = ("composite", "loss", "reducible")
@@ -106,6 +106,10 @@ class ZPDArguments:
         nearer the epoch is to the plain Trainer's draw; the first time the list holds most of the band, one log line
         says so. No effect on language models, or with `out_of_reach="high_loss"` or `"reference"` (whose flags
         leave the epoch altogether).
+    out_of_reach_in_fill (`str`, *optional*, defaults to `"last"`):
+        Where the fill draws the out-of-reach examples of the learnability guard and the label audit: `"last"`
+        (after every other candidate, so an epoch that repeats its zone skips them first) or `"anywhere"` (ranked by
+        `fill` like any other candidate: they only stay out of the zone).
     max_out_of_reach_fraction (`float`, *optional*, defaults to `0.5`):
         The most of each class (or of the pool) that `"high_loss"` and `"reference"` may flag; the highest losses are
         kept, and `zpd/num_out_of_reach_capped` logs how many more the rule would have flagged. In (0, 1).
@@ -238,6 +242,12 @@ class ZPDArguments:
     exclude_label_errors: bool = _flag(
         True, "Classifiers: examples the label audit lists (the model predicts another class) are out of reach too."
     )
+    out_of_reach_in_fill: str = _flag(
+        "last",
+        "Where the fill draws out-of-reach examples (the guard's and the label audit's): 'last', or 'anywhere' (they "
+        "only stay out of the zone).",
+        OUT_OF_REACH_FILL_PLACES,
+    )
     max_out_of_reach_fraction: float = _flag(
         0.5, "The most of each class that 'high_loss' or 'reference' may flag, in (0, 1)."
     )
@@ -316,6 +326,7 @@ class ZPDArguments:
             "pacing": PACINGS,
             "composition": COMPOSITIONS,
             "fill": FILL_RULES,
+            "out_of_reach_in_fill": OUT_OF_REACH_FILL_PLACES,
             "label_alignment": LABEL_ALIGNMENTS,
             "score_source": SCORE_SOURCES,
         }
@@ -417,6 +428,7 @@ class ZPDArguments:
             class_balance=self.class_balance,
             replay_fraction=self.replay_fraction,
             exclude_out_of_reach=self.out_of_reach in ("high_loss", "reference"),
+            out_of_reach_in_fill=self.out_of_reach_in_fill,
             easy_fraction=EASY_FIRST_START + (1 - EASY_FIRST_START) * progress,
         )
 

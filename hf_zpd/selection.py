@@ -44,6 +44,7 @@ from .band import band_around_level, distance_to_band, minimum_zone_size, select
 
 COMPOSITIONS = ("zone_and_fill", "zone_only", "easy_first")
 FILL_RULES = ("nearest", "weighted", "uniform")
+OUT_OF_REACH_FILL_PLACES = ("last", "anywhere")
 
 # Tags that give each random choice of an epoch its own stream, so that changing one part never shifts another.
 _ZONE_EXTRAS, _FILL, _REPLAY, _ANNEAL, _PRUNE = 1, 2, 3, 4, 6
@@ -74,7 +75,12 @@ class CompositionPolicy:
         replay_fraction (`float`, *optional*, defaults to 0.0):
             Share of each zone epoch drawn uniformly from the whole training set, whatever the composition.
         exclude_out_of_reach (`bool`, *optional*, defaults to `False`):
-            Out-of-reach examples leave the zone, the fill, replay and annealing (else: last in the fill).
+            Out-of-reach examples leave the zone, the fill, replay and annealing (else: out of the zone, and where
+            `out_of_reach_in_fill` says in the fill).
+        out_of_reach_in_fill (`str`, *optional*, defaults to `"last"`):
+            Where the fill draws out-of-reach examples that are not excluded: `"last"` (after every other candidate,
+            so a shortened epoch skips them first) or `"anywhere"` (ranked by the fill rule like any other candidate:
+            they only stay out of the zone).
         easy_fraction (`float`, *optional*, defaults to 1.0):
             For `"easy_first"`: the share of each class, easiest first, that the epoch cycles through.
     """
@@ -90,6 +96,7 @@ class CompositionPolicy:
     class_balance: bool = True
     replay_fraction: float = 0.0
     exclude_out_of_reach: bool = False
+    out_of_reach_in_fill: str = "last"
     easy_fraction: float = 1.0
 
     def __post_init__(self):
@@ -97,6 +104,10 @@ class CompositionPolicy:
             raise ValueError(f"composition must be one of {COMPOSITIONS}, got {self.composition!r}.")
         if self.fill not in FILL_RULES:
             raise ValueError(f"fill must be one of {FILL_RULES}, got {self.fill!r}.")
+        if self.out_of_reach_in_fill not in OUT_OF_REACH_FILL_PLACES:
+            raise ValueError(
+                f"out_of_reach_in_fill must be one of {OUT_OF_REACH_FILL_PLACES}, got {self.out_of_reach_in_fill!r}."
+            )
         if self.zone_repeats < 1:
             raise ValueError(f"zone_repeats must be at least 1, got {self.zone_repeats}.")
         if not (math.isfinite(self.fill_temperature) and self.fill_temperature > 0):
@@ -498,9 +509,12 @@ def draw_group(
     counts = spread_evenly(zone, num_zone, zone_rng, dataset_size)
     remaining = total - num_zone
     if remaining:
-        order = fill_order(
-            group.distance[candidates], group.out_of_reach[candidates], policy.fill, policy.fill_temperature, fill_rng
+        last = (
+            group.out_of_reach[candidates]
+            if policy.out_of_reach_in_fill == "last"
+            else np.zeros(candidates.size, bool)
         )
+        order = fill_order(group.distance[candidates], last, policy.fill, policy.fill_temperature, fill_rng)
         ranked = group.members[candidates[order]]
         # Whole passes over the candidates first (each drawn once more), then the first of the order.
         passes, rest = divmod(remaining, ranked.size)

@@ -22,6 +22,7 @@ ZPD_DEFAULTS = {
     "class_balance": True,
     "out_of_reach": "learnability_guard",
     "exclude_label_errors": True,
+    "out_of_reach_in_fill": "last",
     "max_out_of_reach_fraction": 0.5,
     "anneal_fraction": 0.125,
     "min_zone_fraction": 0.05,

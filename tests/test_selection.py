@@ -74,7 +74,8 @@ def reference_plan(policy, num_samples, log_d, drawable, labels=None, flags=None
             candidates = [i for i in members if i not in zone]
             num_zone = share if not candidates else min(policy.zone_repeats * len(zone), share)
             remaining = share - num_zone
-            ranked = sorted(candidates, key=lambda i: (flags[i], distance(i), i))
+            last = policy.out_of_reach_in_fill == "last"
+            ranked = sorted(candidates, key=lambda i: (flags[i] and last, distance(i), i))
             while remaining > 0:
                 for i in ranked[:remaining]:
                     fill[i] = fill.get(i, 0) + 1
@@ -476,6 +477,35 @@ def test_excluded_examples_are_drawn_by_no_part_of_the_epoch(composition, fracti
     assert plan.metrics["zpd/num_out_of_reach"] == (flags & drawable).sum()
     with pytest.raises(ValueError, match="Every drawable example is out of reach"):
         compose_epoch(policy, 10, log_d, drawable, 0, 2, labels, np.ones(120, bool))
+
+
+@pytest.mark.parametrize("place", ["last", "anywhere"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_out_of_reach_in_fill_matches_the_reference(place, kind):
+    log_d, drawable, labels = pool(kind, 60, seed=7)
+    flags = np.zeros(60, bool)
+    flags[np.flatnonzero(drawable)[::4]] = True
+    policy = CompositionPolicy(zone_repeats=2, out_of_reach_in_fill=place, min_zone_fraction=0.1)
+    plan = compose_epoch(policy, 50, log_d, drawable, 0, 2, labels, flags)
+    for label, (zone, _, fill, _) in reference_plan(policy, 50, log_d, drawable, labels, flags).items():
+        np.testing.assert_array_equal(np.intersect1d(plan.zone, np.flatnonzero(labels == label)), zone)
+        for i, count in fill.items():
+            assert plan.counts[i] == count
+    assert not np.isin(plan.zone, np.flatnonzero(flags)).any()  # in both places: never in the zone
+
+
+def test_out_of_reach_anywhere_in_the_fill_is_drawn_by_distance_alone():
+    log_d = np.array([0.1, 0.5, 1.0, 1.05, 1.1, 1.2, 2.0, 3.0])
+    flags = np.zeros(8, dtype=bool)
+    flags[[3, 4]] = True  # next to the band: near, so drawn before the far examples once the order ignores the flags
+    policy = CompositionPolicy(
+        zone_repeats=1, class_balance=False, min_zone_fraction=0.25, out_of_reach_in_fill="anywhere"
+    )
+    plan = compose_epoch(policy, 6, log_d, np.ones(8, bool), seed=0, epoch=2, out_of_reach=flags)
+    assert not set(plan.zone.tolist()) & {3, 4}
+    assert (plan.counts[[3, 4]] == 1).all()
+    with pytest.raises(ValueError, match="out_of_reach_in_fill must be one of"):
+        CompositionPolicy(out_of_reach_in_fill="first")
 
 
 def test_the_guards_flags_only_come_last_in_the_fill():
