@@ -100,7 +100,7 @@ class ZPDArguments:
     exclude_label_errors (`bool`, *optional*, defaults to `True`):
         Classifiers: the examples on the label audit's list when an epoch is composed (the class the model predicts
         at the scores behind the zone is not their label) are out of reach as well: never in the zone, so never
-        repeated, and last in the fill. Under heavy label noise the band just above the model's level fills with
+        repeated, and last in the fill (`out_of_reach_in_fill`). Under heavy label noise the band just above the model's level fills with
         flipped labels (51-56% of the zone under 40% flipped labels in hf_zpd's study); repeating them cost 3 points
         of accuracy against the plain Trainer. The more of the band the list holds, the smaller the zone and the
         nearer the epoch is to the plain Trainer's draw; the first time the list holds most of the band, one log line

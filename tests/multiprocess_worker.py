@@ -203,8 +203,7 @@ def main(out_dir: str) -> None:
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
         json.dump(record, handle)
     # Tear the gloo group down before the interpreter exits (left to the exit handlers, the GRPO worker's group once
-    # aborted the process: "terminate called without an active exception").
-    dist.barrier()
+    # aborted the process: "terminate called without an active exception"); the barrier above ended the collectives.
     dist.destroy_process_group()
 
 
