@@ -15,10 +15,12 @@ Arms (`ARMS`; the ZPD arms are `ZPDGRPOTrainer` with these settings, everything 
 |---|---|---|
 | `uniform` | `trl.GRPOTrainer` | TRL's `RepeatSampler`: a random permutation of the pool |
 | `dapo` | `ZPDGRPOTrainer`, `prompt_selection="uniform"`, `zero_variance_filter=True` | uniform draws; groups with zero reward variance replaced by extra generations of fresh prompts (DAPO's dynamic sampling, up to 4 extra generations a round) |
-| `zpd` | `ZPDGRPOTrainer` defaults (`zone_signal="composite"`) | the zone: P(mixed) from each prompt's groups, and from the policy's confidence and entropy on it where its groups say little |
+| `zpd` | `ZPDGRPOTrainer` defaults (`zone_signal="composite"`) | the zone: P(mixed) from a regression on each prompt's history, the policy's confidence and entropy on it, and its length |
 | `zpd-a1` | `zone_signal="pass_rate"` | the zone from the pass-rate history alone (the seed's ablation A1) |
 | `random` | `prompt_selection="random"` | the random control: A1's weights permuted across the pool each round |
-| `oracle` | an `OracleCurriculum` | the plug-in P(mixed) of each prompt's true pass rate under the current policy (the exact probability of sampling the answer, from a teacher-forced forward over the whole pool every 10 rounds; its forwards are not counted as generated tokens) |
+| `zpd-k4`, `zpd-a1-k4`, `random-k4` | the same with `zone_sharpness=4` | weights max(P(mixed) ** 4, floor): a narrower band |
+| `zpd-0.4`, `zpd-floor01-0.4` | hf_zpd 0.4 (commit a1bb66a) | the 0.4 composite (confidence and entropy only, blended with the history); `zone_floor=0.01` |
+| `oracle`, `oracle-k4` | an `OracleCurriculum` (`-k4`: `zone_sharpness=4`) | the plug-in P(mixed) of each prompt's true pass rate under the current policy (the exact probability of sampling the answer, from a teacher-forced forward over the whole pool every 10 rounds; its forwards are not counted as generated tokens) |
 
 Every run evaluates every 50 steps: pass@1 at temperature 1 (8 samples per evaluation prompt) and greedy accuracy, per
 difficulty, on held-out prompts; the generated completion tokens so far; and the pass rate of a fixed sample of 256
@@ -52,10 +54,16 @@ ARMS: dict[str, dict] = {
     "zpd": {},
     "zpd-a1": {"zone_signal": "pass_rate"},
     "random": {"prompt_selection": "random"},
+    "zpd-k4": {"zone_sharpness": 4.0},
+    "zpd-a1-k4": {"zone_signal": "pass_rate", "zone_sharpness": 4.0},
+    "random-k4": {"prompt_selection": "random", "zone_sharpness": 4.0},
     "zpd-iw": {"importance_weighting": True},
     "zpd-floor01": {"zone_floor": 0.01},
     "oracle": {"zone_signal": "pass_rate"},
+    "oracle-k4": {"zone_signal": "pass_rate", "zone_sharpness": 4.0},
 }
+# Arms run with hf_zpd 0.4 (commit a1bb66a), whose composite read the policy's confidence and entropy only and blended
+# them with the history by prior_strength; their rows keep the suffix "-0.4" (check out that commit to rerun them).
 
 
 def oracle_trainer():
@@ -73,7 +81,7 @@ def oracle_trainer():
             if round % ORACLE_REFRESH == 0 or getattr(self, "_rates", None) is None:
                 self._rates = self.true_pass_rates()
             scores = plug_in_mixed_probability(self._rates, self.group_size)
-            weights = np.maximum(scores, self.zone_floor)
+            weights = self._weights(scores)  # max(score ** zone_sharpness, floor), as the zone's
             chosen = weighted_sample(weights, self.prompts_per_round, self._rng(round, 0))
             nan = np.full(chosen.size, np.nan)
             return RoundPlan(round, chosen.astype(np.int64), scores[chosen], nan, nan, self._rates[chosen], nan,
@@ -128,7 +136,7 @@ def run_one(task_name: str, arm: str, seed: int, options) -> dict:
     preset = PRESETS[task_name]
     if arm == "uniform":
         trainer_class, config_class = GRPOTrainer, GRPOConfig
-    elif arm == "oracle":
+    elif arm.startswith("oracle"):
         trainer_class, config_class = oracle_trainer(), ZPDGRPOConfig
     else:
         trainer_class, config_class = ZPDGRPOTrainer, ZPDGRPOConfig

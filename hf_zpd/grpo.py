@@ -61,20 +61,25 @@ class GRPOCurriculumArguments:
     > The zone
 
     zone_signal (`str`, *optional*, defaults to `"composite"`):
-        How a prompt's chance of a mixed group is judged where its own groups say little (never drawn, or not
-        lately). `"composite"`: a logistic regression of the mixed outcome on the policy's confidence and entropy at
-        the prompt's first answer token, from one forward pass over `candidates_per_round` x B candidate prompts
-        per round (no generation). `"pass_rate"`: the seed's ablation A1, the prompts' pass-rate history alone (a
-        prompt never drawn gets the recent share of mixed groups).
+        How a prompt's chance of a mixed group is judged. `"composite"`: a logistic regression of the mixed outcome,
+        refitted on the recent groups, on the policy's confidence and entropy at the prompt's first answer token, the
+        prompt's length in tokens, and the prompt's own history (its pass-rate belief, how many groups back it, how
+        long ago); the policy's features come from one forward pass over `candidates_per_round` x B candidate
+        prompts per round (no generation). `"pass_rate"`: the seed's ablation A1, the prompts' pass-rate history
+        alone (a prompt never drawn gets the recent share of mixed groups).
     zone_floor (`float`, *optional*, defaults to `0.05`):
         Every prompt's weight is at least this (a prompt in the zone weighs about 1): mastered prompts are revisited
         about once per 1 / floor visits of a zone prompt, so they are not forgotten, and out-of-reach ones are tried
         again. In (0, 1].
+    zone_sharpness (`float`, *optional*, defaults to `1.0`):
+        k: a prompt's weight is max(score ** k, zone_floor), its score the predicted chance of a mixed group. 1 draws
+        in proportion to it; a larger k narrows the band to the prompts most likely to give a mixed group. At least 1.
     pass_rate_half_life (`float`, *optional*):
         Rounds after which a group's weight in a prompt's belief is halved, as the policy moves. Default: one pass
         over the prompts (len(train_dataset) / prompts per round).
     prior_strength (`float`, *optional*, defaults to `1.0`):
-        How many (decayed) groups of a prompt weigh as much as the prediction shared across prompts.
+        A1's score: how many (decayed) groups of a prompt weigh as much as the recent share of mixed groups. It ranks
+        A1's draw, the composite's candidates and the random control's weights.
     candidates_per_round (`int`, *optional*, defaults to `4`):
         `"composite"` only: the candidates scored by the forward pass, as a multiple of the prompts per round.
     prompt_selection (`str`, *optional*, defaults to `"zone"`):
@@ -107,10 +112,11 @@ class GRPOCurriculumArguments:
         "composite", "'composite' (pass rates and the policy's confidence/entropy) or 'pass_rate' (A1).", ZONE_SIGNALS
     )
     zone_floor: float = _flag(0.05, "The smallest weight of a prompt (the zone weighs about 1), in (0, 1].")
+    zone_sharpness: float = _flag(1.0, "k: a prompt's weight is max(score ** k, zone_floor); at least 1.")
     pass_rate_half_life: float | None = _flag(
         None, "Rounds for a group's weight to halve (default: one pass over the prompts)."
     )
-    prior_strength: float = _flag(1.0, "Groups of a prompt that weigh as much as the shared prediction.")
+    prior_strength: float = _flag(1.0, "A1: groups of a prompt that weigh as much as the recent mixed share.")
     candidates_per_round: int = _flag(4, "'composite': candidates scored per round, times the prompts per round.")
     prompt_selection: str = _flag("zone", "'zone', 'random' (its control) or 'uniform'.", SELECTIONS)
     importance_weighting: bool = _flag(False, "Weigh each prompt's advantages back to a uniform draw.")
@@ -136,6 +142,10 @@ class GRPOCurriculumArguments:
             fail("prompt_selection", f"got {self.prompt_selection!r}", f"Use one of {SELECTIONS}.")
         if not 0 < self.zone_floor <= 1:
             fail("zone_floor", f"must be in (0, 1], got {self.zone_floor}", "The default is 0.05.")
+        if not (math.isfinite(self.zone_sharpness) and self.zone_sharpness >= 1):
+            fail(
+                "zone_sharpness", f"must be a finite number >= 1, got {self.zone_sharpness}", "1 draws in proportion."
+            )
         if self.pass_rate_half_life is not None and not self.pass_rate_half_life > 0:
             fail("pass_rate_half_life", f"must be positive, got {self.pass_rate_half_life}", "Leave it unset.")
         if not (math.isfinite(self.prior_strength) and self.prior_strength > 0):
@@ -349,6 +359,7 @@ class ZPDGRPOTrainer(GRPOTrainer):
             zone_signal=args.zone_signal,
             selection=args.prompt_selection,
             zone_floor=args.zone_floor,
+            zone_sharpness=args.zone_sharpness,
             half_life=args.pass_rate_half_life,
             prior_strength=args.prior_strength,
             candidates_per_round=args.candidates_per_round,
@@ -375,15 +386,16 @@ class ZPDGRPOTrainer(GRPOTrainer):
 
     @torch.no_grad()
     def _prompt_features(self, indices: np.ndarray) -> np.ndarray:
-        """The composite's features of prompts: the policy's confidence (max probability) and entropy (divided by log
-        V) at the first answer token, at the sampling temperature; one forward pass, no generation. Collective: every
-        process scores its share of `indices` and every process gets all the rows."""
+        """The composite's features of prompts (`POLICY_FEATURE_NAMES`): the policy's confidence (max probability) and
+        entropy (divided by log V) at the first answer token, at the sampling temperature, and the prompt's length in
+        tokens; one forward pass, no generation. Collective: every process scores its share of `indices` and every
+        process gets all the rows."""
         indices = np.asarray(indices, dtype=np.int64)
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         share = math.ceil(indices.size / world)
         mine = indices[rank * share : (rank + 1) * share]
         device = self.accelerator.device
-        rows = torch.zeros((share, 3), dtype=torch.float64, device=device)  # (position, confidence, entropy)
+        rows = torch.zeros((share, 4), dtype=torch.float64, device=device)  # (position, confidence, entropy, tokens)
         rows[:, 0] = -1
         model = self.model
         if mine.size:
@@ -403,14 +415,15 @@ class ZPDGRPOTrainer(GRPOTrainer):
                     log_p = torch.log_softmax(logits.float() / self.temperature, dim=-1)
                     p = log_p.exp()
                     entropy = -(p * log_p).sum(dim=-1) / math.log(p.shape[-1])
-                    values.append(torch.stack([p.max(dim=-1).values, entropy], dim=1).double())
+                    lengths = torch.tensor([len(ids) for ids in chunk], device=device, dtype=torch.float64)
+                    values.append(torch.stack([p.max(dim=-1).values.double(), entropy.double(), lengths], dim=1))
                 values = torch.cat(values)
             rows[: mine.size, 0] = torch.arange(mine.size, device=device, dtype=torch.float64) + rank * share
             rows[: mine.size, 1:] = values
         if world > 1:
             rows = self.accelerator.gather(rows)
         rows = rows[rows[:, 0] >= 0].cpu().numpy()
-        features = np.zeros((indices.size, 2))
+        features = np.zeros((indices.size, 3))
         features[rows[:, 0].astype(np.int64)] = rows[:, 1:]
         return features
 

@@ -4,15 +4,21 @@ GRPO samples G completions per prompt and normalises their rewards within the gr
 all pass, or all fail, has zero advantage: no gradient, full generation cost. [`PromptCurriculum`] draws each round's
 prompts where the next group is likely to be *mixed* (METHOD.md, "The zone in reinforcement learning"):
 
-    round k's prompts   B of the pool, without replacement, with probability proportional to max(score_i, floor)
-    score_i             w_i P_hist,i(mixed) + (1 - w_i) P_pred,i(mixed)        (pass_rate.PassRateBeliefs.zone_scores)
+    round k's prompts   B of the pool, without replacement, with probability proportional to max(score_i ** k, floor)
+    score_i             A1 (`zone_signal="pass_rate"`): w_i P_hist,i(mixed) + (1 - w_i) P_pop(mixed)
+                        (pass_rate.PassRateBeliefs.zone_scores, w_i = g_i / (g_i + kappa));
+                        composite (`"composite"`, the default): a logistic regression of the mixed outcome on everything
+                        known of the prompt when it is drawn (`FEATURE_NAMES`): the policy's confidence and entropy at
+                        its first answer token and its length in tokens (one forward over a candidate set of
+                        `candidates_per_round` x B prompts, drawn by the A1 score), and its own history (P_hist, its
+                        pass-rate belief, how many groups back it and how long ago); refitted on the recent groups, so
+                        it learns how far a stale history still holds while the policy moves
     P_hist              from the prompt's own groups: a Beta belief of its pass rate (binary rewards), or of its share of
                         mixed groups (other rewards: the zone follows the reward variance of the group), decayed as the
                         policy moves (half-life: one pass over the pool by default)
-    P_pred              A1 (`zone_signal="pass_rate"`): the population's recent share of mixed groups;
-                        composite (`"composite"`, the default): a logistic regression of the mixed outcome on the
-                        policy's confidence and entropy at the prompt's first answer token, from one forward over a
-                        candidate set of `candidates_per_round` x B prompts (drawn by the A1 score)
+    P_pop               the population's recent share of mixed groups (a prompt never drawn)
+    k                   `zone_sharpness`: 1 draws in proportion to P(mixed); larger k concentrates the draw on the
+                        prompts most likely to give a mixed group (the band narrows)
     floor               mastered and out-of-reach prompts keep weight `zone_floor` (against about 1 in the zone), so
                         they are revisited: forgetting is measured, and what is out of reach today can enter later
 
@@ -50,9 +56,21 @@ from .pass_rate import (
 
 ZONE_SIGNALS = ("composite", "pass_rate")
 SELECTIONS = ("zone", "random", "uniform")
-# The composite's features of a prompt: the policy's confidence (max probability) and normalised entropy at its
-# first answer token.
-FEATURE_NAMES = ("confidence", "entropy")
+# What the trainer's features function gives for a prompt: the policy's confidence (max probability) and normalised
+# entropy at its first answer token, and the prompt's length in tokens.
+POLICY_FEATURE_NAMES = ("confidence", "entropy", "prompt_tokens")
+# The composite's regressors: the policy's features (the length as its log and squared log, as the chance of a mixed
+# group rises, then falls, with difficulty) and the prompt's own history when drawn (0 for a prompt never seen).
+FEATURE_NAMES = (
+    "confidence",
+    "entropy",
+    "log_prompt_tokens",
+    "log_prompt_tokens_squared",
+    "history_mixed",
+    "pass_rate_logit",
+    "log1p_groups",
+    "log1p_rounds_since_seen",
+)
 
 
 @dataclass(frozen=True)
@@ -159,6 +177,7 @@ class PromptCurriculum:
             weights, permuted across the pool each round: the same concentration on random prompts); or
             `"uniform"` (B prompts uniformly, no repeat within a round).
         zone_floor (`float`, *optional*, defaults to 0.05): the smallest weight of a prompt.
+        zone_sharpness (`float`, *optional*, defaults to 1.0): k, the power of the score in a prompt's weight (>= 1).
         half_life (`float`, *optional*): rounds for an observation's weight to halve; default one pass over the pool
             (num_prompts / B rounds).
         prior_strength (`float`, *optional*, defaults to 1.0): kappa, in groups.
@@ -170,8 +189,8 @@ class PromptCurriculum:
         reward_range (`tuple[float, float]`, *optional*): rewards' (lo, hi) for the pass rate; default learnt.
         schedule ([`RoundSchedule`] or `int`, *optional*, defaults to 1): when the pipeline draws each round (the
             trainer's), or a fixed lag: round k is then drawn once round k - 1 - lag is scored.
-        features (`Callable[[np.ndarray], np.ndarray]`, *optional*): prompt indices -> `(n, 2)` features (the
-            composite needs it; collective with several processes).
+        features (`Callable[[np.ndarray], np.ndarray]`, *optional*): prompt indices -> `(n, 3)` features, in the
+            order of `POLICY_FEATURE_NAMES` (the composite needs it; collective with several processes).
     """
 
     def __init__(
@@ -184,6 +203,7 @@ class PromptCurriculum:
         zone_signal: str = "composite",
         selection: str = "zone",
         zone_floor: float = 0.05,
+        zone_sharpness: float = 1.0,
         half_life: float | None = None,
         prior_strength: float = 1.0,
         candidates_per_round: int = 4,
@@ -209,6 +229,9 @@ class PromptCurriculum:
         self.zone_signal = zone_signal
         self.selection = selection
         self.zone_floor = zone_floor
+        if not (math.isfinite(zone_sharpness) and zone_sharpness >= 1.0):
+            raise ValueError(f"zone_sharpness must be a finite number >= 1, got {zone_sharpness}.")
+        self.zone_sharpness = float(zone_sharpness)
         self.half_life = half_life if half_life is not None else max(num_prompts / prompts_per_round, 1.0)
         self.prior_strength = prior_strength
         self.candidates_per_round = candidates_per_round
@@ -315,6 +338,37 @@ class PromptCurriculum:
     def _rng(self, round: int, purpose: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, round, purpose])
 
+    def _weights(self, scores: np.ndarray) -> np.ndarray:
+        """max(score ** k, floor): the draw's weight of each score."""
+        return np.maximum(scores**self.zone_sharpness, self.zone_floor)
+
+    def _history_features(self, now: int, prompts: np.ndarray) -> np.ndarray:
+        """The prompts' own history at round `now`, as the composite reads it: `(n, 4)` in the order of the last four
+        `FEATURE_NAMES`, zeros for a prompt never seen."""
+        if self.beliefs.round < 0:
+            return np.zeros((prompts.size, 4))
+        seen = self.beliefs.visits[prompts] > 0
+        rate = np.clip(self.beliefs.pass_rate(now)[prompts], 1e-3, 1.0 - 1e-3)
+        groups = self.beliefs.decayed(now)["groups"][prompts]
+        since = np.where(seen, now - self.beliefs.last_round[prompts], 0.0)
+        history = self.beliefs.history_mixed_probability(now)[prompts]
+        return np.column_stack(
+            [np.where(seen, history, 0.0), np.where(seen, np.log(rate / (1.0 - rate)), 0.0), np.log1p(groups),
+             np.log1p(since)]
+        )  # fmt: skip
+
+    def composite_features(self, now: int, prompts: np.ndarray, policy: np.ndarray) -> np.ndarray:
+        """The composite's regressors (`FEATURE_NAMES`) of `prompts` at round `now`, from the policy's features
+        `(n, 3)` (`POLICY_FEATURE_NAMES`)."""
+        policy = np.asarray(policy, dtype=np.float64)
+        if policy.shape != (prompts.size, len(POLICY_FEATURE_NAMES)) or not np.isfinite(policy).all():
+            raise ValueError(
+                f"The features function must return finite ({prompts.size}, {len(POLICY_FEATURE_NAMES)}) values "
+                f"({', '.join(POLICY_FEATURE_NAMES)}), got shape {policy.shape}."
+            )
+        log_tokens = np.log(np.maximum(policy[:, 2], 1.0))
+        return np.column_stack([policy[:, :2], log_tokens, log_tokens**2, self._history_features(now, prompts)])
+
     def _draw(self, round: int, cutoff: int) -> RoundPlan:
         size = self.prompts_per_round
         now = max(round, self.beliefs.round)
@@ -322,7 +376,7 @@ class PromptCurriculum:
         history = self.beliefs.zone_scores(now, share)  # A1's score of every prompt
         pass_rate = self.beliefs.pass_rate(now)
         evidence = self.beliefs.decayed(now)["groups"]
-        weights = np.maximum(history, self.zone_floor)
+        weights = self._weights(history)
         feature_prediction = np.full(self.num_prompts, np.nan)
         features = None
         if self.selection == "uniform":
@@ -340,18 +394,19 @@ class PromptCurriculum:
             inclusion = inclusion_probabilities(weights, size)
             scores = history
         else:
+            # Two stages: candidates by the A1 score (no forward), then the composite's prediction among them.
             count = min(self.num_prompts, max(size, self.candidates_per_round * size))
-            candidates = weighted_sample(weights, count, self._rng(round, 2))
-            first = inclusion_probabilities(weights, count)
+            first_weights = np.maximum(history, self.zone_floor)
+            candidates = weighted_sample(first_weights, count, self._rng(round, 2))
+            first = inclusion_probabilities(first_weights, count)
             if self.features is None:
                 raise ValueError("zone_signal='composite' needs a features function (the trainer provides one).")
-            candidate_features = np.asarray(self.features(candidates), dtype=np.float64)  # (C, d)
+            candidate_features = self.composite_features(now, candidates, self.features(candidates))  # (C, d)
             predicted = self.predictor.predict(candidate_features)
             scores = history.copy()
             feature_prediction[candidates] = predicted
-            blended = self.beliefs.zone_scores(now, np.where(np.isnan(feature_prediction), share, feature_prediction))
-            scores[candidates] = blended[candidates]
-            second_weights = np.maximum(blended[candidates], self.zone_floor)
+            scores[candidates] = predicted
+            second_weights = self._weights(predicted)
             picked = weighted_sample(second_weights, size, self._rng(round, 3))
             chosen = candidates[picked]
             inclusion = np.zeros(self.num_prompts)

@@ -77,7 +77,8 @@ def test_the_reserved_index_column_is_refused(policy_tokenizer, tmp_path):
 
 
 @pytest.mark.parametrize("field,value", [("zone_floor", 0.0), ("zone_signal", "loss"), ("candidates_per_round", 0),
-                                         ("reward_range", [1.0, 0.0]), ("prompt_selection", "best")])  # fmt: skip
+                                         ("reward_range", [1.0, 0.0]), ("prompt_selection", "best"),
+                                         ("zone_sharpness", 0.5), ("zone_sharpness", math.inf)])  # fmt: skip
 def test_invalid_curriculum_fields_name_the_field(tmp_path, field, value):
     with pytest.raises(ValueError, match=f"ZPDGRPOConfig.{field}"):
         ZPDGRPOConfig(**values(tmp_path, **{field: value}))
@@ -89,6 +90,24 @@ def test_trls_own_config_gets_the_curriculum_defaults(policy_tokenizer, tmp_path
                           train_dataset=prompts(), processing_class=policy_tokenizer)  # fmt: skip
     assert isinstance(ours.args, ZPDGRPOConfig) and ours.args.zone_signal == "composite"
     assert ours.args.learning_rate == plain.learning_rate and ours.args.num_generations == plain.num_generations
+
+
+def test_the_policy_features_are_confidence_entropy_and_the_prompts_length(policy_tokenizer, tmp_path):
+    """The composite's forward: the first answer token's max probability and entropy / log V at the sampling
+    temperature, and the prompt's length in tokens as TRL tokenizes it, in the order of the indices asked for."""
+    dataset = prompts().map(lambda row, i: {"prompt": row["prompt"] + " dog" * (i % 3)}, with_indices=True)
+    ours = trainer(policy_tokenizer, tmp_path, dataset=dataset, temperature=0.7)
+    indices = np.array([5, 0, 4, 3])
+    features = ours._prompt_features(indices)
+    prompt_ids, _, _ = ours._tokenize_prompts([dataset[int(i)]["prompt"] for i in indices])
+    np.testing.assert_array_equal(features[:, 2], [len(ids) for ids in prompt_ids])
+    assert len(set(features[:, 2])) == 3, "the prompts have three lengths"
+    for row, ids in zip(features, prompt_ids, strict=True):
+        with torch.no_grad():
+            logits = ours.model(input_ids=torch.tensor([ids])).logits[0, -1].double() / 0.7
+        p = torch.softmax(logits, dim=-1)
+        entropy = float(-(p * torch.log_softmax(logits, dim=-1)).sum() / math.log(p.numel()))
+        assert row[0] == pytest.approx(float(p.max()), rel=1e-5) and row[1] == pytest.approx(entropy, rel=1e-5)
 
 
 # ---- the drop-in ----

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from hf_zpd.grpo_curriculum import PromptCurriculum, RoundSchedule
+from hf_zpd.grpo_curriculum import FEATURE_NAMES, PromptCurriculum, RoundSchedule
+from hf_zpd.pass_rate import mixed_probability
 
 N, B, G = 40, 4, 4
 
@@ -187,13 +188,13 @@ def test_composite_needs_features_and_uses_them():
 
     def features(indices):
         calls.append(np.asarray(indices).copy())
-        return np.column_stack([np.linspace(0, 1, len(indices)), np.zeros(len(indices))])
+        return np.column_stack([np.linspace(0, 1, len(indices)), np.zeros(len(indices)), 3.0 + np.asarray(indices)])
 
     composite = curriculum(zone_signal="composite", features=features, candidates_per_round=3)
     run(composite, np.linspace(0.0, 1.0, N), 5)
     assert calls and all(c.size == 3 * B for c in calls)
     plan = composite.plans[4]
-    assert np.isfinite(plan.feature_prediction).all() and plan.features.shape == (B, 2)
+    assert np.isfinite(plan.feature_prediction).all() and plan.features.shape == (B, len(FEATURE_NAMES))
     with pytest.raises(ValueError, match="features function"):
         curriculum(zone_signal="composite").plan(0)
 
@@ -211,3 +212,99 @@ def test_strided_observations_survive_a_checkpoint_file():
     restored = curriculum()
     restored.load_state_arrays(load_safetensors(save_safetensors(arrays)), meta)
     np.testing.assert_array_equal(restored.outcomes[0].prompts, plan.prompts)
+
+
+def naive_history_features(curriculum: PromptCurriculum, now: int, prompt: int) -> list[float]:
+    """A prompt's history as the composite reads it, from the observed rounds up to the last one applied, one group at
+    a time: (P_hist(mixed), logit of the pass-rate belief, log(1 + decayed groups), log(1 + rounds since seen))."""
+    half_life, s, n, groups, last = curriculum.half_life, 0.0, 0.0, 0.0, None
+    for round in range(curriculum.applied + 1):
+        outcome = curriculum.outcomes.get(round)
+        if outcome is None:
+            continue
+        for index, rewards in zip(outcome.prompts, outcome.rewards, strict=True):
+            if index == prompt:
+                decay = 0.5 ** ((now - round) / half_life)
+                s, n, groups, last = s + decay * rewards.sum(), n + decay * rewards.size, groups + decay, round
+    if last is None:
+        return [0.0, 0.0, 0.0, 0.0]
+    rate = min(max((0.5 + s) / (1.0 + n), 1e-3), 1.0 - 1e-3)
+    history = float(mixed_probability(np.array([0.5 + s]), np.array([0.5 + n - s]), G)[0])
+    return [history, math.log(rate / (1.0 - rate)), math.log1p(groups), math.log1p(now - last)]
+
+
+@pytest.mark.parametrize("half_life", [3.0, math.inf])
+@pytest.mark.parametrize("rounds", [0, 1, 12])
+def test_the_composites_regressors_match_a_naive_reference(half_life, rounds):
+    zone = curriculum(half_life=half_life)
+    run(zone, np.linspace(0.0, 1.0, N), rounds, seed=5)
+    zone._apply_up_to(rounds - 1)
+    now = max(rounds + 1, zone.beliefs.round)
+    prompts = np.arange(N)  # drawn and never drawn alike
+    policy = np.column_stack([np.linspace(0.1, 0.9, N), np.linspace(0.9, 0.1, N), 1.0 + (np.arange(N) % 7)])
+    features = zone.composite_features(now, prompts, policy)
+    assert features.shape == (N, len(FEATURE_NAMES))
+    for i in prompts:
+        log_tokens = math.log(policy[i, 2])
+        expected = [policy[i, 0], policy[i, 1], log_tokens, log_tokens**2] + naive_history_features(zone, now, i)
+        np.testing.assert_allclose(features[i], expected, rtol=1e-9, atol=1e-12, err_msg=f"prompt {i}")
+    if rounds:
+        assert (features[:, 6] > 0).any() and (features[:, 6] == 0).any(), "some prompts drawn, some not"
+
+
+def test_the_composite_refuses_features_of_the_wrong_shape():
+    zone = curriculum(zone_signal="composite", features=lambda indices: np.zeros((len(indices), 2)))
+    with pytest.raises(ValueError, match="confidence, entropy, prompt_tokens"):
+        zone.plan(0)
+
+
+def test_the_composite_learns_which_lengths_are_in_the_zone():
+    """Only the middle lengths are half-solved (the shorter always, the longer never), in a pool of 400 prompts seen
+    about once each: the length's log and squared log let the regression find the band at a first visit, where a
+    linear term alone could not (the chance of a mixed group rises, then falls, with difficulty)."""
+    num_prompts, size = 400, 8
+    lengths = 4.0 + np.arange(num_prompts) % 40
+    band = (lengths >= 18) & (lengths < 30)
+    pass_rates = np.where(lengths < 18, 1.0, np.where(band, 0.5, 0.0))
+
+    def features(indices):
+        return np.column_stack([np.full(len(indices), 0.5), np.full(len(indices), 0.5), lengths[indices]])
+
+    zone = PromptCurriculum(num_prompts, size, G, seed=3, zone_signal="composite", features=features, schedule=1)
+    run(zone, pass_rates, 50, seed=1)
+    zone._apply_up_to(49)
+    first_visit = np.column_stack([np.full((40, 2), 0.5), np.log(lengths[:40]), np.log(lengths[:40]) ** 2,
+                                   np.zeros((40, 4))])  # fmt: skip
+    predicted = zone.predictor.predict(first_visit)
+    assert predicted[band[:40]].min() > predicted[~band[:40]].max(), predicted.round(2)
+    late = np.concatenate([zone.plans[r].prompts for r in range(25, 50)])
+    assert band[late].mean() > 0.5, f"the band is 30% of the pool but got {band[late].mean():.0%} of late draws"
+
+
+@pytest.mark.parametrize("sharpness", [1.0, 2.5, 4.0])
+def test_a_prompts_weight_is_its_score_to_the_sharpness_floored(sharpness):
+    zone = curriculum(zone_sharpness=sharpness, zone_floor=0.05)
+    scores = np.array([0.0, 0.05, 0.2, 0.5, 0.9, 1.0])
+    expected = [max(score**sharpness, 0.05) for score in scores]
+    np.testing.assert_allclose(zone._weights(scores), expected, rtol=1e-12)
+
+
+def test_a_sharper_zone_draws_more_of_the_mixed_prompts_and_still_revisits():
+    """Prompts solved nearly always, nearly never, or half the time: P(mixed) is 0.34 against 0.88 with G = 4, so a
+    proportional draw still gives the near-mastered prompts a third of a zone prompt's weight; k = 4 gives them the
+    floor."""
+    pass_rates = np.array([0.1] * 16 + [0.9] * 16 + [0.5] * 8)
+    shares = {}
+    for sharpness in (1.0, 4.0):
+        zone = curriculum(half_life=math.inf, zone_sharpness=sharpness)
+        run(zone, pass_rates, 80, seed=2)
+        late = np.concatenate([zone.plans[r].prompts for r in range(40, 80)])
+        shares[sharpness] = np.isin(late, np.arange(32, 40)).mean()
+        assert np.isin(late, np.arange(0, 32)).any(), "the floor keeps revisiting mastered and out-of-reach prompts"
+    assert shares[4.0] > shares[1.0] + 0.05, shares
+
+
+@pytest.mark.parametrize("sharpness", [0.5, math.nan, math.inf])
+def test_a_sharpness_below_one_is_refused(sharpness):
+    with pytest.raises(ValueError, match="zone_sharpness"):
+        curriculum(zone_sharpness=sharpness)
