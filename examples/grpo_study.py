@@ -19,6 +19,7 @@ Arms (`ARMS`; the ZPD arms are `ZPDGRPOTrainer` with these settings, everything 
 | `zpd-a1` | `zone_signal="pass_rate"` | the zone from the pass-rate history alone (the seed's ablation A1) |
 | `random` | `prompt_selection="random"` | the random control: A1's weights permuted across the pool each round |
 | `zpd-k4`, `zpd-a1-k4`, `random-k4` | the same with `zone_sharpness=4` | weights max(P(mixed) ** 4, floor): a narrower band |
+| `zpd-k4-c16` | `zone_sharpness=4`, `candidates_per_round=16` | the composite chooses among 16 x B candidates instead of 4 x B |
 | `zpd-0.4`, `zpd-floor01-0.4` | hf_zpd 0.4 (commit a1bb66a) | the 0.4 composite (confidence and entropy only, blended with the history); `zone_floor=0.01` |
 | `oracle`, `oracle-k4` | an `OracleCurriculum` (`-k4`: `zone_sharpness=4`) | the plug-in P(mixed) of each prompt's true pass rate under the current policy (the exact probability of sampling the answer, from a teacher-forced forward over the whole pool every 10 rounds; its forwards are not counted as generated tokens) |
 
@@ -57,6 +58,7 @@ ARMS: dict[str, dict] = {
     "zpd-k4": {"zone_sharpness": 4.0},
     "zpd-a1-k4": {"zone_signal": "pass_rate", "zone_sharpness": 4.0},
     "random-k4": {"prompt_selection": "random", "zone_sharpness": 4.0},
+    "zpd-k4-c16": {"zone_sharpness": 4.0, "candidates_per_round": 16},
     "zpd-iw": {"importance_weighting": True},
     "zpd-floor01": {"zone_floor": 0.01},
     "oracle": {"zone_signal": "pass_rate"},
@@ -341,7 +343,7 @@ def _csv(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", choices=["reverse", "add"])
+    parser.add_argument("--task", choices=["reverse", "add", "reverse-skewed"])
     parser.add_argument("--arms", nargs="+", default=["uniform", "dapo", "zpd", "zpd-a1", "random", "oracle"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--learning_rate", type=float, default=LEARNING_RATE)

@@ -946,6 +946,19 @@ PRESETS: dict[str, GRPOTask] = {
         PoolSettings(),
         1e-4,
     ),
+    # The same warm start and rate, on a pool that wastes most of a uniform draw, as math sets do: half of it 2-3
+    # letters (solved 87-94% of the time at the start), a quarter 15-16 (0.5-3%), a quarter 4-14 between.
+    "reverse-skewed": GRPOTask(
+        WarmStartSettings(
+            task="reverse",
+            sft_mix=tuple((length, 1.0 if length <= 10 else 0.3 if length <= 13 else 0.1) for length in range(2, 17)),
+            corruption=0.05,
+            sft_steps=300,
+        ),
+        PoolSettings(mix=((2, 0.25), (3, 0.25), *((length, 0.25 / 11) for length in range(4, 15)), (15, 0.125),
+                          (16, 0.125))),  # fmt: skip
+        1e-4,
+    ),
 }
 
 
