@@ -560,6 +560,12 @@ class PromptCurriculum:
         predictor = {key.split(".", 1)[1]: value for key, value in arrays.items() if key.startswith("predictor.")}
         predictor.update(meta.get("predictor", {}))
         self.predictor = MixedGroupPredictor.from_state_dict(predictor)
+        if self.predictor.num_features != len(FEATURE_NAMES):
+            raise ValueError(
+                f"This curriculum state's composite has {self.predictor.num_features} features, this hf_zpd's has "
+                f"{len(FEATURE_NAMES)} ({', '.join(FEATURE_NAMES)}): it was saved by another version (hf_zpd 0.4 had "
+                "2). Resume it with the version that saved it, or start the run again."
+            )
         self.plans = {}
         for round in meta["plans"]:
             prefix = f"plan.{round}."

@@ -308,3 +308,14 @@ def test_a_sharper_zone_draws_more_of_the_mixed_prompts_and_still_revisits():
 def test_a_sharpness_below_one_is_refused(sharpness):
     with pytest.raises(ValueError, match="zone_sharpness"):
         curriculum(zone_sharpness=sharpness)
+
+
+def test_a_state_saved_with_another_composite_is_refused_with_the_reason():
+    zone = curriculum()
+    run(zone, np.linspace(0.0, 1.0, N), 4)
+    arrays, meta = zone.state_arrays()
+    meta["predictor"]["num_features"] = 2  # hf_zpd 0.4's composite: confidence and entropy
+    arrays["predictor.features"] = arrays["predictor.features"][:, :2]
+    arrays["predictor.mean"], arrays["predictor.scale"] = np.zeros(2), np.ones(2)
+    with pytest.raises(ValueError, match="another version"):
+        curriculum().load_state_arrays(arrays, meta)
