@@ -955,8 +955,9 @@ PRESETS: dict[str, GRPOTask] = {
             corruption=0.05,
             sft_steps=300,
         ),
-        PoolSettings(mix=((2, 0.25), (3, 0.25), *((length, 0.25 / 11) for length in range(4, 15)), (15, 0.125),
-                          (16, 0.125))),  # fmt: skip
+        PoolSettings(
+            mix=((2, 0.25), (3, 0.25), *((length, 0.25 / 11) for length in range(4, 15)), (15, 0.125), (16, 0.125))
+        ),  # fmt: skip
         1e-4,
     ),
 }
