@@ -8,6 +8,7 @@ characters; 400 steps of 16 prompts x 8 completions; every rate from 1e-5 to 3e-
 |---|---|---|---|
 | `reverse` | `"kqzv>"` | the string reversed (up to 16 characters: generation dominates the step) | lengths 2..16, uniform |
 | `add` | `"47+85="` | the sum (short answers) | 1-, 2- and 3-digit operands at 4/66/30%; the 3-digit ones stay out of reach |
+| `reverse-skewed` | as `reverse` (same warm start and rate) | as `reverse` | lengths 2-3 at 50% (mostly solved at the start), 15-16 at 25% (out of reach), 4-14 at 25%: a pool where a uniform draw wastes most groups |
 
 Arms (`ARMS`; the ZPD arms are `ZPDGRPOTrainer` with these settings, everything else the plain trainer's):
 
